@@ -1,0 +1,49 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+EXTRA_STAMP := $(VENV)/.installed-extra
+PYTEST_WORKERS ?= 2
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv extras demo test test-fast test-slow lint bench inception clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Optional reference implementations (PyTorch CPU build and friends) for weight conversion,
+# parity tests and benchmarks; never needed to train or evaluate.
+extras: $(EXTRA_STAMP)
+
+$(EXTRA_STAMP): $(STAMP) requirements-extra.txt
+	$(PIP) install -q -r requirements-extra.txt
+	touch $(EXTRA_STAMP)
+
+inception: $(EXTRA_STAMP)
+	$(PY) -m fsq_jax.eval.inception convert
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --workdir $(DEMO_DIR) $(DEMO_ARGS)
+
+test: $(EXTRA_STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(EXTRA_STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(EXTRA_STAMP)
+	$(PY) benchmarks/quantizers.py
+	$(PY) benchmarks/scenes.py
+
+clean-venv:
+	rm -rf $(VENV)

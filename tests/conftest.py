@@ -1,0 +1,10 @@
+"""Test setup: 8 fake CPU devices so sharded code paths run on any machine."""
+
+import os
+
+# Must happen before JAX initialises its backends.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
