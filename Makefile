@@ -29,7 +29,7 @@ $(EXTRA_STAMP): $(STAMP) requirements-extra.txt
 inception: $(EXTRA_STAMP)
 	$(PY) -m fsq_jax.eval.inception convert
 
-demo: $(STAMP)
+demo: $(EXTRA_STAMP)
 	$(PY) scripts/demo.py --workdir $(DEMO_DIR) $(DEMO_ARGS)
 
 test: $(EXTRA_STAMP)
