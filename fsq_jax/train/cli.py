@@ -1,0 +1,58 @@
+"""Command-line parsing shared by scripts/train.py and scripts/evaluate.py.
+
+`--config.field=value` overrides naming a field the config does not have fail with one line that
+names the override (ml_collections would otherwise raise a traceback from inside flag parsing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+_OVERRIDE = re.compile(r"^--?config\.([\w.]+)(=.*)?$")
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """`flags_parser` for `absl.app.run`: parses flags, exits with one clear line on bad ones."""
+    try:
+        return flags.FLAGS(list(argv))
+    except flags.Error as e:
+        sys.exit(f"flag error: {e}")
+    except (AttributeError, KeyError) as e:
+        text = str(e.args[0] if e.args else e)
+        name = re.search(r"(\w+)", text)
+        missing = name.group(1) if name else text
+        overrides = [a for a in argv if _OVERRIDE.match(a)]
+        culprit = next(
+            (a for a in overrides if re.search(rf"\.{re.escape(missing)}(\.|=|$)", a)),
+            overrides[0] if overrides else "--config",
+        )
+        suggestion = re.search(r"Did you mean \W*(\w+)", text)
+        hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+        sys.exit(f"config error: {culprit}: the config has no field {missing!r}{hint}")
+
+
+class _DropLibraryInfo(logging.Filter):
+    """Drops INFO-and-below records logged from inside the named libraries."""
+
+    def __init__(self, fragments: Sequence[str]):
+        super().__init__()
+        self._fragments = tuple(fragments)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not any(
+            f in record.pathname for f in self._fragments
+        )
+
+
+def quiet_library_logs(libraries: Sequence[str] = ("orbax", "jax/_src", "clu")) -> None:
+    """Keeps the console readable: library INFO lines (per-save orbax chatter) are dropped."""
+    fragments = [f"{os.sep}{name}{os.sep}" for name in libraries]
+    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+        handler.addFilter(_DropLibraryInfo(fragments))
+    logging.getLogger("absl").addFilter(_DropLibraryInfo(fragments))
