@@ -1,0 +1,137 @@
+"""UViM depth and colorization tasks on hand-made examples, and the config presets' checks."""
+
+import importlib
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from uvim import presets, stage1
+from uvim.tasks import build_dense_task, colorization, depth
+
+
+def _depth_task(**overrides):
+    config = depth.default_config()
+    config.update({"bins": 4, "min_depth": 0.0, "max_depth": 4.0, **overrides})
+    return depth.DepthTask(config)
+
+
+def test_depth_bins_round_trip_to_bin_centres():
+    values = np.array([0.0, 0.2, 1.0, 2.5, 3.99, 7.0], np.float32)
+    bins = np.asarray(depth.depth_to_bins(values, 4, 0.0, 4.0))
+    np.testing.assert_array_equal(bins, [0, 0, 1, 2, 3, 3])
+    np.testing.assert_allclose(depth.bins_to_depth(bins, 4, 0.0, 4.0),
+                               [0.5, 0.5, 1.5, 2.5, 3.5, 3.5])
+
+
+def test_depth_loss_ignores_invalid_pixels():
+    task = _depth_task()
+    batch = {"depth": np.array([[[0.5, 1.5], [3.5, 0.0]]], np.float32)}  # 0.0 = missing
+    targets = task.targets(batch)["depth"]
+    assert targets.shape == (1, 2, 2, 4)
+    right = 30.0 * targets
+    wrong = np.asarray(right).copy()
+    wrong[0, 1, 1] = 30.0 * np.eye(4)[2]  # garbage on the missing pixel only
+    assert float(task.loss({"depth": right}, batch)[0]) < 1e-6
+    assert float(task.loss({"depth": wrong}, batch)[0]) < 1e-6
+    uniform = {"depth": np.zeros((1, 2, 2, 4), np.float32)}
+    assert float(task.loss(uniform, batch)[0]) == pytest.approx(np.log(4), rel=1e-6)
+    np.testing.assert_allclose(task.predict({"depth": right})["depth"][0], [[0.5, 1.5], [3.5, 0.5]])
+
+
+def test_depth_metric_is_per_image_rmse():
+    task = _depth_task(min_depth=1e-3)
+    metric = task.new_metric()
+    truth = np.array([[[1.0, 2.0], [3.0, 0.0]], [[2.0, 2.0], [2.0, 2.0]]], np.float32)
+    prediction = np.full((2, 2, 2), 2.0, np.float32)
+    metric.update({"depth": prediction}, {"depth": truth})
+    result = metric.result()
+    # Image 1: errors (1, 0, 1) over its 3 valid pixels; image 2: exact. Mean of per-image RMSE.
+    assert result["rmse"] == pytest.approx(np.sqrt(2 / 3) / 2)
+    assert result["delta1"] == pytest.approx((1 / 3 + 1) / 2)  # ratios 2, 1, 1.5 in image 1
+
+
+def test_depth_config_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"dense_task\.bins"):
+        _depth_task(bins=0)
+    with pytest.raises(ValueError, match=r"dense_task\.min_depth"):
+        _depth_task(min_depth=5.0)
+
+
+def test_colorization_context_loss_and_psnr():
+    task = colorization.ColorizationTask(colorization.default_config())
+    image = np.zeros((1, 2, 2, 3), np.uint8)
+    image[..., 0] = 255
+    gray = np.full((1, 2, 2, 1), 76, np.uint8)
+    batch = {"image": image, "gray": gray}
+    context = np.asarray(task.context(batch))
+    assert context.shape == (1, 2, 2, 3)
+    np.testing.assert_allclose(context, 76 / 127.5 - 1)
+    target = np.asarray(task.targets(batch)["color"])
+    np.testing.assert_allclose(target[..., 0], 1.0)
+    np.testing.assert_allclose(target[..., 1:], -1.0)
+    assert float(task.loss({"color": target}, batch)[0]) == 0.0
+    assert float(task.loss({"color": target + 0.5}, batch)[0]) == pytest.approx(0.25)
+    prediction = task.predict({"color": target + 0.5})  # clipped to [-1, 1]
+    np.testing.assert_allclose(np.asarray(prediction["image"])[..., 0], 1.0)
+    predicted = colorization.to_uint8(prediction["image"])
+    np.testing.assert_array_equal(predicted[..., 1:], 64)  # -0.5 -> 64: off by 64 in two channels
+    expected = 10 * np.log10(255**2 / (2 * 64**2 / 3))
+    assert colorization.psnr(predicted, image)[0] == pytest.approx(expected)
+    metric = colorization.ColorizationMetric(fid=False)
+    metric.update({"image": target}, batch)
+    assert metric.result()["psnr"] == pytest.approx(100.0)  # identical images, capped
+
+
+@pytest.mark.parametrize("task", ["depth", "colorization", "panoptic"])
+def test_presets(task):
+    module = importlib.import_module(f"configs.uvim.{task}")
+    tiny = module.get_config("fsq,tiny")
+    assert tiny.task == "uvim.tasks:Stage1Task" and tiny.dense_task.name == task
+    assert tiny.data.image_size == tiny.model.input_size == tiny.stage2.input_size == 32
+    assert module.get_config("vq,tiny,stage2").task == "uvim.tasks:Stage2Task"
+    vq = module.get_config("vq,paper")
+    assert vq.quantizer.use_ema and vq.quantizer.split_codes and vq.quantizer.beta == 0.0
+    assert not module.get_config("vq,paper,nosplit").quantizer.split_codes
+    assert not module.get_config("fsq,tiny,nocontext").model.with_context
+    paper = module.get_config("fsq,paper")
+    assert paper.optimizer.name == "adafactor" and paper.optimizer.warmup_steps == 4000
+    assert paper.data.source.startswith("tfds:")
+    build_dense_task(paper.dense_task)  # the paper task settings are valid
+
+
+def test_preset_errors():
+    with pytest.raises(ValueError, match="unknown preset"):
+        presets.parse_arg("fsq,tiny,bogus")
+    with pytest.raises(ValueError, match="choose one size"):
+        presets.parse_arg("tiny,paper")
+    with pytest.raises(ValueError, match="nosplit"):
+        presets.parse_arg("fsq,nosplit")
+    with pytest.raises(ValueError, match=r"dense_task\.name"):
+        build_dense_task(ml_collections.ConfigDict({"name": "segmentation"}))
+
+
+@pytest.mark.parametrize("field, value", [("code_len", 15), ("patch_size", 5),
+                                          ("num_heads", 5), ("code_dropout", "all")])
+def test_stage1_config_errors_name_the_field(field, value):
+    config = stage1.default_config()
+    config[field] = value
+    with pytest.raises(ValueError, match=f"model.{field}"):
+        stage1.check_config(config)
+
+
+def test_code_dropout_zeroes_whole_tokens():
+    config = importlib.import_module("configs.uvim.depth").get_config("fsq,tiny")
+    model = stage1.build(config.model, config.quantizer, {"depth": 4})
+    codes = np.ones((64, 16, 4), np.float32)
+    variables = jax.eval_shape(lambda: stage1.init_variables(model, jax.random.key(0)))
+    del variables
+    dropped = model.apply({}, codes, method=lambda m, c: m._drop_codes(c),
+                          rngs={"dropout": jax.random.key(1)})
+    dropped = np.asarray(dropped)
+    kept = dropped[..., 0]
+    assert set(np.unique(dropped)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(dropped, np.broadcast_to(kept[..., None], dropped.shape))
+    fraction = kept.mean(axis=1)
+    assert fraction.min() < 0.5 < fraction.max()  # a random amount per example

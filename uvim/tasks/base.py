@@ -1,0 +1,102 @@
+"""What a UViM dense task defines: its target tensor, context image, loss, prediction and metric.
+
+The stage-I and stage-II trainers are task-agnostic; each dense task (depth, colorization,
+panoptic) plugs in through this small interface, as the UViM paper's per-task heads do.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from uvim.vit import standardize_image
+
+Batch = Mapping[str, jax.Array]
+
+
+class DenseTask(abc.ABC):
+    """A dense prediction task: image -> per-pixel output, encoded as a few target channels.
+
+    Targets and logits are dicts `{name: [B, H, W, channels]}`; the stage-I model folds them into
+    patches itself. `target_channels()` fixes the channel count of each entry.
+    """
+
+    name: str = ""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @abc.abstractmethod
+    def target_channels(self) -> dict[str, int]:
+        """`{target name: channels}` of the oracle input and the decoder output."""
+
+    @abc.abstractmethod
+    def targets(self, batch: Batch) -> dict[str, jax.Array]:
+        """The task output as model inputs: `{name: float32 [B, H, W, channels]}`."""
+
+    def context(self, batch: Batch) -> jax.Array:
+        """The input image the model conditions on: float32 [B, H, W, 3] in [-1, 1]."""
+        return standardize_image(batch["image"])
+
+    @abc.abstractmethod
+    def loss(self, logits: Mapping[str, jax.Array], batch: Batch
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean training loss (scalar) and per-term metrics; logits as `targets()` shapes."""
+
+    @abc.abstractmethod
+    def predict(self, logits: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Decoder outputs -> the task's output (e.g. depth in metres)."""
+
+    @abc.abstractmethod
+    def ground_truth(self, batch: Batch) -> dict[str, jax.Array]:
+        """The task output read from the batch, same keys and shapes as `predict`."""
+
+    @abc.abstractmethod
+    def visualize(self, output: Mapping[str, np.ndarray]) -> np.ndarray:
+        """A task output (from `predict` or `ground_truth`) as uint8 RGB [B, H, W, 3]."""
+
+    @abc.abstractmethod
+    def new_metric(self) -> Metric:
+        """A fresh streaming accumulator of the task's evaluation metric."""
+
+    def batch_metrics(self, prediction: Mapping[str, jax.Array], batch: Batch
+                      ) -> dict[str, jax.Array]:
+        """Cheap per-batch metrics inside the jitted eval step (default: none)."""
+        del prediction, batch
+        return {}
+
+
+class Metric(abc.ABC):
+    """Streaming evaluation metric: `update` with numpy predictions and batches, then `result`."""
+
+    @abc.abstractmethod
+    def update(self, prediction: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]
+               ) -> None:
+        """Adds one batch."""
+
+    @abc.abstractmethod
+    def result(self) -> dict[str, float]:
+        """The metric values over everything added."""
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-pixel cross-entropy: logits [..., C], int labels [...] -> [...] float32."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `values` where `mask` is true (0 when nothing is)."""
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def positive(config: ml_collections.ConfigDict, field: str, prefix: str) -> None:
+    """Raises ValueError naming `prefix.field` unless the field is > 0."""
+    if not config[field] > 0:
+        raise ValueError(f"{prefix}.{field} must be > 0, got {config[field]!r}")

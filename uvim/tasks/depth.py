@@ -1,0 +1,114 @@
+"""Monocular depth as a UViM task: depth discretised into bins, softmax loss, RMSE in metres.
+
+Following UViM, depth in [min_depth, max_depth] is quantised to `bins` classes; the model
+reconstructs a distribution per pixel and the prediction is the centre of the argmax bin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+
+from fsq_jax.eval import depth as depth_metrics
+from uvim.tasks.base import Batch, DenseTask, Metric, masked_mean, positive, softmax_cross_entropy
+
+NAME = "depth"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Depth task fields (UViM: 256 bins over [1e-3, 10] m, big_vision vqvae_nyu_depth.py)."""
+    return ml_collections.ConfigDict(
+        {"name": NAME, "bins": 256, "min_depth": 1e-3, "max_depth": 10.0})
+
+
+def depth_to_bins(depth: jax.Array, bins: int, min_depth: float, max_depth: float) -> jax.Array:
+    """Metres [...] -> int32 bin index in [0, bins - 1] (values outside the range are clipped)."""
+    scaled = (depth - min_depth) / (max_depth - min_depth) * bins
+    return jnp.clip(jnp.floor(scaled), 0, bins - 1).astype(jnp.int32)
+
+
+def bins_to_depth(index: jax.Array, bins: int, min_depth: float, max_depth: float) -> jax.Array:
+    """Bin index [...] -> metres at the bin centre (undoes the floor in expectation)."""
+    return (index.astype(jnp.float32) + 0.5) / bins * (max_depth - min_depth) + min_depth
+
+
+def valid_depth(depth: jax.Array, min_depth: float, max_depth: float) -> jax.Array:
+    """Pixels with a usable ground truth: min_depth < depth < max_depth (0 marks missing)."""
+    return (depth > min_depth) & (depth < max_depth)
+
+
+class DepthMetric(Metric):
+    """Mean over images of per-image RMSE (UViM's NYU evaluator), abs_rel, log10 and deltas."""
+
+    def __init__(self, min_depth: float, max_depth: float):
+        self.metrics = depth_metrics.DepthMetrics(max(min_depth, 1e-6), max_depth)
+
+    def update(self, prediction: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]
+               ) -> None:
+        self.metrics.update(np.asarray(prediction["depth"], np.float32),
+                            np.asarray(batch["depth"], np.float32))
+
+    def result(self) -> dict[str, float]:
+        return self.metrics.result()
+
+
+class DepthTask(DenseTask):
+    """Depth: target = one-hot depth bin per pixel; loss = softmax cross-entropy on valid pixels."""
+
+    name = NAME
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        positive(config, "bins", "dense_task")
+        positive(config, "max_depth", "dense_task")
+        if not 0 <= config.min_depth < config.max_depth:
+            raise ValueError(
+                f"dense_task.min_depth must be in [0, max_depth={config.max_depth}), "
+                f"got {config.min_depth}")
+        self.bins = int(config.bins)
+        self.min_depth = float(config.min_depth)
+        self.max_depth = float(config.max_depth)
+
+    def target_channels(self) -> dict[str, int]:
+        return {"depth": self.bins}
+
+    def _bins(self, depth: jax.Array) -> jax.Array:
+        return depth_to_bins(depth, self.bins, self.min_depth, self.max_depth)
+
+    def targets(self, batch: Batch) -> dict[str, jax.Array]:
+        return {"depth": jax.nn.one_hot(self._bins(batch["depth"]), self.bins)}
+
+    def loss(self, logits: Mapping[str, jax.Array], batch: Batch
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        depth = batch["depth"]
+        per_pixel = softmax_cross_entropy(logits["depth"], self._bins(depth))
+        loss = masked_mean(per_pixel, valid_depth(depth, self.min_depth, self.max_depth))
+        return loss, {"loss_depth": loss}
+
+    def predict(self, logits: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        index = jnp.argmax(logits["depth"], axis=-1)
+        return {"depth": bins_to_depth(index, self.bins, self.min_depth, self.max_depth)}
+
+    def ground_truth(self, batch: Batch) -> dict[str, jax.Array]:
+        return {"depth": batch["depth"]}
+
+    def batch_metrics(self, prediction: Mapping[str, jax.Array], batch: Batch
+                      ) -> dict[str, jax.Array]:
+        depth = batch["depth"]
+        valid = valid_depth(depth, self.min_depth, self.max_depth)
+        mse = masked_mean(jnp.square(prediction["depth"] - depth), valid)
+        return {"rmse_pixels": jnp.sqrt(mse)}
+
+    def visualize(self, output: Mapping[str, np.ndarray]) -> np.ndarray:
+        depth = np.asarray(output["depth"], np.float32)
+        scaled = np.clip((depth - self.min_depth) / (self.max_depth - self.min_depth), 0, 1)
+        rgb = matplotlib.colormaps["viridis"](scaled)[..., :3]
+        return (rgb * 255).round().astype(np.uint8)
+
+    def new_metric(self) -> DepthMetric:
+        return DepthMetric(self.min_depth, self.max_depth)

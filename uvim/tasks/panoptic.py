@@ -1,0 +1,260 @@
+"""Panoptic segmentation as a UViM task: a 2-channel (semantic, instance) target, PQ to evaluate.
+
+UViM writes a panoptic map as two per-pixel classifications: the semantic class (+1, 0 = void)
+and a canonical instance index (instances numbered 1..K by their centre of mass, row-major, 0 for
+stuff and void). The canonical numbering makes the target a function of the segmentation alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from uvim.tasks.base import Batch, DenseTask, Metric, positive, softmax_cross_entropy
+
+NAME = "panoptic"
+_SENTINEL = np.iinfo(np.int32).max
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Panoptic fields (UViM COCO: 133 classes + void, 100 instance slots; vqvae_coco_panoptic.py).
+
+    `thing_classes` lists the class ids with instances (PQ treats the others as stuff).
+    """
+    return ml_collections.ConfigDict({
+        "name": NAME, "num_classes": 133, "max_instances": 100,
+        "thing_classes": tuple(range(80)),  # COCO panoptic: the 80 thing classes come first
+    })
+
+
+def _canonical_instances(instance: jax.Array, max_instances: int) -> jax.Array:
+    """One image: instance ids [H, W] (>0 things) -> canonical index in [0, max_instances]."""
+    h, w = instance.shape
+    flat = instance.reshape(-1)
+    ids = jnp.unique(jnp.where(flat > 0, flat, _SENTINEL), size=max_instances + 1,
+                     fill_value=_SENTINEL)
+    slot = jnp.clip(jnp.searchsorted(ids, flat), 0, max_instances)
+    found = (flat > 0) & (ids[slot] == flat)
+    slot = jnp.where(found, slot, max_instances + 1)  # a dump segment for stuff/void pixels
+    num = max_instances + 2
+    ys, xs = jnp.divmod(jnp.arange(h * w, dtype=jnp.int32), w)
+    count = jax.ops.segment_sum(jnp.ones_like(flat, jnp.float32), slot, num)
+    cy = jax.ops.segment_sum(ys.astype(jnp.float32), slot, num) / jnp.maximum(count, 1)
+    cx = jax.ops.segment_sum(xs.astype(jnp.float32), slot, num) / jnp.maximum(count, 1)
+    present = (count > 0) & (jnp.arange(num) <= max_instances)
+    present = present & (jnp.concatenate([ids, jnp.array([_SENTINEL])]) != _SENTINEL)
+    key = jnp.where(present, cy * w + cx, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(key, stable=True), stable=True)
+    canonical = jnp.where(present & (rank < max_instances), rank + 1, 0)
+    return canonical[slot].reshape(h, w).astype(jnp.int32)
+
+
+def encode_panoptic(semantic: jax.Array, instance: jax.Array, max_instances: int) -> jax.Array:
+    """Semantic + instance maps -> UViM's 2-channel panoptic target.
+
+    Args:
+      semantic: int [..., H, W] class id, -1 for void.
+      instance: int [..., H, W] instance id, > 0 for thing instances, 0 for stuff and void.
+      max_instances: instance slots; instances beyond it (by canonical order) become 0.
+
+    Returns:
+      int32 [..., H, W, 2]: channel 0 = semantic + 1 (0 = void); channel 1 = canonical instance
+      index (1..K ordered by centre of mass, row-major; 0 = no instance).
+    """
+    semantic = jnp.asarray(semantic, jnp.int32)
+    instance = jnp.asarray(instance, jnp.int32)
+    flat = instance.reshape((-1, *instance.shape[-2:]))
+    canonical = jax.vmap(lambda x: _canonical_instances(x, max_instances))(flat)
+    canonical = canonical.reshape(instance.shape)
+    return jnp.stack([jnp.maximum(semantic, -1) + 1, canonical], axis=-1)
+
+
+def decode_panoptic(encoded: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inverse of `encode_panoptic`: [..., H, W, 2] -> (semantic [..., H, W] with -1 void,
+    instance [..., H, W] canonical ids, 0 for stuff and void)."""
+    return encoded[..., 0] - 1, encoded[..., 1]
+
+
+def panoptic_from_logits(semantic_logits: jax.Array, instance_logits: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    """Decoder logits -> a consistent panoptic map (UViM's rule).
+
+    Each predicted instance takes the class with the largest summed probability over its
+    pixels, so an instance never splits into several classes; pixels without an instance take
+    their own argmax class.
+
+    Args:
+      semantic_logits: [B, H, W, num_classes + 1] (index 0 = void).
+      instance_logits: [B, H, W, max_instances + 1] (index 0 = no instance).
+
+    Returns:
+      semantic [B, H, W] (-1 void) and instance [B, H, W] (0 = none).
+    """
+    b, h, w, classes = semantic_logits.shape
+    slots = instance_logits.shape[-1]
+    instance = jnp.argmax(instance_logits, axis=-1).astype(jnp.int32)
+    probs = jax.nn.softmax(semantic_logits.astype(jnp.float32), axis=-1)
+
+    def per_image(p, ins):
+        votes = jax.ops.segment_sum(p.reshape(-1, classes), ins.reshape(-1), slots)
+        return jnp.argmax(votes, axis=-1)
+
+    instance_class = jax.vmap(per_image)(probs, instance)  # [B, slots]
+    own = jnp.argmax(probs, axis=-1)
+    voted = jnp.take_along_axis(instance_class, instance.reshape(b, -1), axis=1).reshape(b, h, w)
+    semantic = jnp.where(instance > 0, voted, own) - 1
+    instance = jnp.where(semantic >= 0, instance, 0)
+    return semantic.astype(jnp.int32), instance
+
+
+class PanopticQuality(Metric):
+    """PQ, SQ, RQ (Kirillov et al. 2019) accumulated per class over images, then averaged.
+
+    Segments are (class, instance) pairs; stuff classes form one segment per class and image.
+    A predicted and a true segment match when IoU > 0.5; void pixels are ignored, and
+    predicted segments that are mostly void are not counted as false positives.
+    """
+
+    def __init__(self, num_classes: int, thing_classes: tuple[int, ...]):
+        self.num_classes = num_classes
+        self.things = np.zeros(num_classes, bool)
+        self.things[list(thing_classes)] = True
+        self.iou = np.zeros(num_classes)
+        self.tp = np.zeros(num_classes)
+        self.fp = np.zeros(num_classes)
+        self.fn = np.zeros(num_classes)
+
+    def add_image(self, pred_sem: np.ndarray, pred_ins: np.ndarray, true_sem: np.ndarray,
+                  true_ins: np.ndarray) -> None:
+        """One image: [H, W] semantic (-1 void) and instance maps of prediction and truth."""
+        big = int(max(pred_ins.max(initial=0), true_ins.max(initial=0))) + 1
+
+        def seg(sem, ins):
+            ins = np.where(self.things[np.clip(sem, 0, None)], ins, 0)
+            return np.where(sem >= 0, sem.astype(np.int64) * big + ins, -1)
+
+        pred, true = seg(pred_sem, pred_ins), seg(true_sem, true_ins)
+        void = true < 0
+        true_ids, true_area = np.unique(true[~void], return_counts=True)
+        pred_ids, pred_area = np.unique(pred[pred >= 0], return_counts=True)
+        pairs, inter = np.unique(np.stack([pred[~void], true[~void]], 1), axis=0,
+                                 return_counts=True)
+        true_area_of = dict(zip(true_ids.tolist(), true_area.tolist()))
+        pred_area_of = dict(zip(pred_ids.tolist(), pred_area.tolist()))
+        void_of_pred = {}
+        if void.any():
+            ids, counts = np.unique(pred[void], return_counts=True)
+            void_of_pred = dict(zip(ids.tolist(), counts.tolist()))
+        matched_pred, matched_true = set(), set()
+        for (p, t), n in zip(pairs.tolist(), inter.tolist()):
+            if p < 0 or p // big != t // big:
+                continue
+            union = pred_area_of[p] - void_of_pred.get(p, 0) + true_area_of[t] - n
+            iou = n / union
+            if iou > 0.5:
+                cls = t // big
+                self.tp[cls] += 1
+                self.iou[cls] += iou
+                matched_pred.add(p)
+                matched_true.add(t)
+        for t in true_ids.tolist():
+            if t not in matched_true:
+                self.fn[t // big] += 1
+        for p in pred_ids.tolist():
+            if p in matched_pred:
+                continue
+            if void_of_pred.get(p, 0) / pred_area_of[p] > 0.5:
+                continue
+            self.fp[p // big] += 1
+
+    def update(self, prediction: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]
+               ) -> None:
+        for i in range(len(prediction["semantic"])):
+            self.add_image(np.asarray(prediction["semantic"][i]),
+                           np.asarray(prediction["instance"][i]),
+                           np.asarray(batch["panoptic_semantic"][i]),
+                           np.asarray(batch["panoptic_instance"][i]))
+
+    def result(self) -> dict[str, float]:
+        present = (self.tp + self.fp + self.fn) > 0
+        denom = np.maximum(self.tp + 0.5 * self.fp + 0.5 * self.fn, 1e-12)
+        sq = np.where(self.tp > 0, self.iou / np.maximum(self.tp, 1), 0.0)
+        rq = self.tp / denom
+        pq = sq * rq
+        out = {}
+        for name, subset in (("", present), ("_things", present & self.things),
+                             ("_stuff", present & ~self.things)):
+            if subset.any():
+                out["pq" + name] = float(100 * pq[subset].mean())
+                if not name:
+                    out["sq"] = float(100 * sq[subset].mean())
+                    out["rq"] = float(100 * rq[subset].mean())
+        return out
+
+
+class PanopticTask(DenseTask):
+    """Panoptic: targets = one-hot semantic (+void) and canonical instance index; loss = CE."""
+
+    name = NAME
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        positive(config, "num_classes", "dense_task")
+        positive(config, "max_instances", "dense_task")
+        bad = [c for c in config.thing_classes if not 0 <= c < config.num_classes]
+        if bad:
+            raise ValueError(
+                f"dense_task.thing_classes must lie in [0, num_classes={config.num_classes}), "
+                f"got {bad}")
+        self.num_classes = int(config.num_classes)
+        self.max_instances = int(config.max_instances)
+        self.thing_classes = tuple(int(c) for c in config.thing_classes)
+
+    def target_channels(self) -> dict[str, int]:
+        return {"semantic": self.num_classes + 1, "instance": self.max_instances + 1}
+
+    def _encoded(self, batch: Batch) -> jax.Array:
+        return encode_panoptic(batch["panoptic_semantic"], batch["panoptic_instance"],
+                               self.max_instances)
+
+    def targets(self, batch: Batch) -> dict[str, jax.Array]:
+        encoded = self._encoded(batch)
+        return {"semantic": jax.nn.one_hot(encoded[..., 0], self.num_classes + 1),
+                "instance": jax.nn.one_hot(encoded[..., 1], self.max_instances + 1)}
+
+    def loss(self, logits: Mapping[str, jax.Array], batch: Batch
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        encoded = self._encoded(batch)
+        semantic = jnp.mean(softmax_cross_entropy(logits["semantic"], encoded[..., 0]))
+        instance = jnp.mean(softmax_cross_entropy(logits["instance"], encoded[..., 1]))
+        return semantic + instance, {"loss_semantic": semantic, "loss_instance": instance}
+
+    def predict(self, logits: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        semantic, instance = panoptic_from_logits(logits["semantic"], logits["instance"])
+        return {"semantic": semantic, "instance": instance}
+
+    def ground_truth(self, batch: Batch) -> dict[str, jax.Array]:
+        semantic, instance = decode_panoptic(self._encoded(batch))
+        return {"semantic": semantic, "instance": instance}
+
+    def batch_metrics(self, prediction: Mapping[str, jax.Array], batch: Batch
+                      ) -> dict[str, jax.Array]:
+        semantic = batch["panoptic_semantic"]
+        return {"pixel_accuracy": jnp.mean(prediction["semantic"] == semantic)}
+
+    def visualize(self, output: Mapping[str, np.ndarray]) -> np.ndarray:
+        semantic = np.asarray(output["semantic"], np.int64)
+        instance = np.asarray(output["instance"], np.int64)
+        rng = np.random.default_rng(0)
+        palette = rng.integers(40, 256, size=(self.num_classes + 1, 3))
+        rgb = palette[semantic + 1].astype(np.float64)
+        shade = np.where(instance > 0, 0.55 + 0.45 * ((instance * 0.37) % 1.0), 1.0)
+        rgb = np.where((semantic < 0)[..., None], 0.0, rgb * shade[..., None])
+        return rgb.round().astype(np.uint8)
+
+    def new_metric(self) -> PanopticQuality:
+        return PanopticQuality(self.num_classes, self.thing_classes)
