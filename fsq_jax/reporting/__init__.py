@@ -1,0 +1,1 @@
+"""Reports: the paper's numbers and tables that put ours beside them."""
