@@ -24,6 +24,8 @@ extras: $(EXTRA_STAMP)
 
 $(EXTRA_STAMP): $(STAMP) requirements-extra.txt
 	$(PIP) install -q -r requirements-extra.txt
+	$(PIP) install -q pycocotools==2.0.11
+	$(PIP) install -q --no-deps panopticapi-lite==0.2.0
 	touch $(EXTRA_STAMP)
 
 inception: $(EXTRA_STAMP)
@@ -44,6 +46,9 @@ lint: $(STAMP)
 bench: $(EXTRA_STAMP)
 	$(PY) benchmarks/quantizers.py
 	$(PY) benchmarks/scenes.py
+	$(PY) benchmarks/inception.py
+	$(PY) benchmarks/maskgit.py
+	$(PY) benchmarks/sharding.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,164 @@
+"""Speed of the MaskGIT pipeline: training steps/s of both stages and sampling images/s.
+
+Tiny preset on whatever is here (a laptop CPU):   python benchmarks/maskgit.py
+Paper preset with bf16 compute on a GPU / TPU:     python benchmarks/maskgit.py --paper
+The paper mode also reports model FLOPs utilisation (MFU) of each training step against the
+accelerator's peak bf16 rate (`--peak_tflops`, default: an H100 SXM's 989 dense TFLOP/s).
+Batches are synthetic (random pixels and labels): this measures the models, not the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+# This file is named like the package it measures: import the package, not this script.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+
+def _time(fn: Callable[[], Any], steps: int, warmup: int) -> float:
+    """Seconds per call of `fn` (after `warmup` calls that include compilation)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
+
+
+def _batch(batch_size: int, image_size: int, num_classes: int) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(0)
+    from fsq_jax.train import sharding
+
+    mesh = sharding.create_mesh()
+    host = {"image": rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8),
+            "label": rng.integers(0, num_classes, (batch_size,), np.int32)}
+    return sharding.shard_batch(host, mesh)
+
+
+def _train_rate(task: Any, batch: dict[str, jax.Array], steps: int, warmup: int
+                ) -> tuple[float, float | None]:
+    """(steps/s, XLA-counted FLOPs per step or None) of the task's jitted train step."""
+    state = jax.jit(task.init_state)(jax.random.key(0), batch)
+    step = jax.jit(task.train_step, donate_argnums=(0,))
+    compiled = step.lower(state, batch, jax.random.key(1)).compile()
+    try:
+        analysis = compiled.cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+        flops = float(analysis.get("flops", 0.0)) or None
+    except Exception:  # cost analysis is best effort on some backends
+        flops = None
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch, jax.random.key(1))
+        return metrics
+
+    seconds = _time(run, steps, warmup)
+    return 1.0 / seconds, flops
+
+
+def transformer_train_flops(task: Any, batch_size: int) -> float:
+    """Model FLOPs of one stage-II step: 3x the transformer's forward (forward + backward) plus
+    the frozen tokenizer's encoder forward is not counted (it is not trained)."""
+    from maskgit import transformer
+
+    per_token = transformer.flops_per_token(task.config.model, task.codebook_size, task.seq_len)
+    return 3.0 * per_token * (task.seq_len + 1) * batch_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paper", action="store_true", help="paper preset, bf16 compute")
+    parser.add_argument("--quantizer", default="fsq", choices=("fsq", "vq"))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--tokenizer_batch", type=int, default=0, help="0: the preset's")
+    parser.add_argument("--transformer_batch", type=int, default=0, help="0: the preset's")
+    parser.add_argument("--sample_batch", type=int, default=64)
+    parser.add_argument("--peak_tflops", type=float, default=989.0,
+                        help="accelerator peak bf16 TFLOP/s for MFU (H100 SXM dense: 989)")
+    parser.add_argument("--skip", default="", help="comma list of: tokenizer,transformer,sample")
+    args = parser.parse_args(argv)
+
+    from configs.maskgit import tokenizer as tokenizer_configs
+    from configs.maskgit import transformer as transformer_configs
+    from maskgit import tasks
+
+    preset = f"{args.quantizer},{'paper' if args.paper else 'tiny'}"
+    config1 = tokenizer_configs.get_config(preset)
+    config2 = transformer_configs.get_config(preset)
+    if args.paper:
+        config1.model.dtype = "bfloat16"
+        config2.model.dtype = "bfloat16"
+        config1.loss.perceptual_network = "none"  # pretrained weights are not available here
+    if config2.num_classes == 0:
+        config2.num_classes = tasks.num_classes(config2)
+    batch1 = args.tokenizer_batch or config1.batch_size
+    batch2 = args.transformer_batch or config2.batch_size
+    size = config1.data.image_size
+    skip = set(filter(None, args.skip.split(",")))
+    devices = jax.device_count()
+    report: dict[str, Any] = {"preset": preset, "backend": jax.default_backend(),
+                              "devices": devices, "device_kind": jax.devices()[0].device_kind}
+    peak = args.peak_tflops * 1e12 * devices
+
+    stage1 = tasks.TokenizerTask(config1)
+    batch = _batch(batch1, size, config2.num_classes)
+    tokenizer_state = jax.jit(stage1.init_state)(jax.random.key(0), batch)
+    if "tokenizer" not in skip:
+        # Steady state (adversarial terms on) and the warm-up phase (no discriminator work).
+        adversarial = config1.copy_and_resolve_references()
+        adversarial.loss.discriminator_start = 0
+        phases = {"tokenizer_train": tasks.TokenizerTask(adversarial)}
+        if config1.loss.discriminator_start > 0:
+            phases["tokenizer_train_warmup"] = stage1
+        for name, task in phases.items():
+            rate, flops = _train_rate(task, batch, args.steps, args.warmup)
+            report[name] = {"batch": batch1, "steps_per_s": rate, "images_per_s": rate * batch1}
+            if flops:
+                report[name]["xla_flops_per_step"] = flops
+                report[name]["mfu_xla_flops"] = flops * rate / peak
+
+    generator = tokenizer_state.eval_params()["generator"]
+    variables = {"params": generator, **{k: v for k, v in tokenizer_state.model_state.items()
+                                         if k == "quantizer_state"}}
+    stage2 = tasks.TransformerTask(config2, config1, variables)
+    if "transformer" not in skip:
+        batch = _batch(batch2, size, stage2.num_classes)
+        rate, flops = _train_rate(stage2, batch, args.steps, args.warmup)
+        model_flops = transformer_train_flops(stage2, batch2)
+        report["transformer_train"] = {"batch": batch2, "steps_per_s": rate,
+                                       "tokens_per_s": rate * batch2 * stage2.seq_len,
+                                       "model_flops_per_step": model_flops,
+                                       "mfu": model_flops * rate / peak}
+        if flops:
+            report["transformer_train"]["xla_flops_per_step"] = flops
+
+    if "sample" not in skip:
+        state = jax.jit(stage2.init_state)(jax.random.key(0), _batch(8, size, 1))
+        sample = stage2.sample_fn(state)
+        labels = np.arange(args.sample_batch, dtype=np.int32) % stage2.num_classes
+        seconds = _time(lambda: sample(labels, jax.random.key(0)), max(args.steps // 2, 2),
+                        args.warmup)
+        report["sampling"] = {"batch": args.sample_batch,
+                              "num_steps": int(config2.sampling.num_steps),
+                              "guidance_scale": float(config2.sampling.guidance_scale),
+                              "images_per_s": args.sample_batch / seconds}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

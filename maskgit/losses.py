@@ -1,0 +1,311 @@
+"""Tokenizer losses: reconstruction, perceptual, non-saturating GAN with R1 and optional LeCam.
+
+Each function is a literal translation of its equation; the stage-I task adds them with the
+weights from `config.loss`. Perceptual feature networks need pretrained weights, which are never
+downloaded: `inception` reuses the FID network of `fsq_jax.eval`, `lpips_vgg` / `resnet50` read a
+user-supplied `.npz` (PyTorch state-dict names, see `load_perceptual`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+PERCEPTUAL_NETWORKS = ("none", "inception", "lpips_vgg", "resnet50")
+RECONSTRUCTION_LOSSES = ("l2", "l1")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`loss.*` fields of the tokenizer (MaskGIT's VQGAN weights by default)."""
+    return ml_collections.ConfigDict(
+        {
+            "reconstruction": "l2",  # l2 | l1
+            "reconstruction_weight": 1.0,
+            "perceptual_network": "none",  # none | inception | lpips_vgg | resnet50
+            "perceptual_weights": "",  # .npz path for lpips_vgg / resnet50
+            "perceptual_weight": 0.1,
+            "adversarial_weight": 0.1,  # generator's non-saturating loss weight
+            "discriminator_start": 0,  # step at which the adversarial terms switch on
+            "r1_weight": 10.0,  # gamma of the R1 penalty: gamma / 2 * E ||grad D(real)||^2
+            "lecam_weight": 0.0,  # 0 disables LeCam regularisation
+            "lecam_ema_decay": 0.999,
+            "quantizer_weight": 1.0,  # scales the quantizer's own aux loss
+        }
+    )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad `loss.*` field."""
+    unknown = sorted(set(config.keys()) - set(default_config().keys()))
+    if unknown:
+        raise ValueError(f"loss.{unknown[0]}: unknown field; allowed {sorted(default_config())}")
+    if config.reconstruction not in RECONSTRUCTION_LOSSES:
+        raise ValueError(
+            f"loss.reconstruction = {config.reconstruction!r}: one of {RECONSTRUCTION_LOSSES}"
+        )
+    if config.perceptual_network not in PERCEPTUAL_NETWORKS:
+        raise ValueError(
+            f"loss.perceptual_network = {config.perceptual_network!r}: one of "
+            f"{PERCEPTUAL_NETWORKS}"
+        )
+    for field in ("reconstruction_weight", "perceptual_weight", "adversarial_weight",
+                  "r1_weight", "lecam_weight", "quantizer_weight"):
+        if config[field] < 0:
+            raise ValueError(f"loss.{field} = {config[field]}: must be >= 0")
+    if config.discriminator_start < 0:
+        raise ValueError(f"loss.discriminator_start = {config.discriminator_start}: must be >= 0")
+    if not 0.0 <= config.lecam_ema_decay < 1.0:
+        raise ValueError(f"loss.lecam_ema_decay = {config.lecam_ema_decay}: must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction and GAN terms.
+
+
+def reconstruction_loss(target: jax.Array, prediction: jax.Array, kind: str = "l2") -> jax.Array:
+    """Mean squared (l2) or absolute (l1) error. target, prediction: [B, H, W, C] -> scalar."""
+    diff = prediction.astype(jnp.float32) - target.astype(jnp.float32)
+    if kind == "l2":
+        return jnp.mean(jnp.square(diff))
+    if kind == "l1":
+        return jnp.mean(jnp.abs(diff))
+    raise ValueError(f"loss.reconstruction = {kind!r}: one of {RECONSTRUCTION_LOSSES}")
+
+
+def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:
+    """Non-saturating generator loss E[-log sigmoid(D(G(z)))]. fake_logits: [B] -> scalar."""
+    return jnp.mean(jax.nn.softplus(-fake_logits.astype(jnp.float32)))
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """E[-log sigmoid(D(x))] + E[-log(1 - sigmoid(D(G(z))))]. logits: [B] -> scalar."""
+    real = jax.nn.softplus(-real_logits.astype(jnp.float32))
+    fake = jax.nn.softplus(fake_logits.astype(jnp.float32))
+    return jnp.mean(real) + jnp.mean(fake)
+
+
+def r1_penalty(discriminator_fn: Callable[[jax.Array], jax.Array], real: jax.Array) -> jax.Array:
+    """R1 (Mescheder et al. 2018): E_x ||grad_x D(x)||^2 over real images (without gamma / 2).
+
+    discriminator_fn: images [B, H, W, C] -> logits [B]; real: [B, H, W, C] -> scalar.
+    """
+    grads = jax.grad(lambda x: jnp.sum(discriminator_fn(x)))(real)
+    return jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
+
+
+def lecam_regularizer(
+    real_logits: jax.Array, fake_logits: jax.Array, ema_real: jax.Array, ema_fake: jax.Array
+) -> jax.Array:
+    """LeCam (Tseng et al. 2021): E[relu(D(x) - ema_fake)^2] + E[relu(ema_real - D(G(z)))^2]."""
+    real = jnp.square(jax.nn.relu(real_logits - ema_fake))
+    fake = jnp.square(jax.nn.relu(ema_real - fake_logits))
+    return jnp.mean(real) + jnp.mean(fake)
+
+
+def adversarial_gate(step: jax.Array, start: int) -> jax.Array:
+    """1.0 once `step >= start` else 0.0 (the adversarial warm-up)."""
+    return (step >= start).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Perceptual loss: a frozen feature network and a distance between its features.
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceptualNetwork:
+    """A frozen feature network: `distance(params, real, fake) -> [B]` on images in [-1, 1]."""
+
+    name: str
+    distance: Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+def perceptual_loss(
+    network: PerceptualNetwork, params: Any, real: jax.Array, fake: jax.Array
+) -> jax.Array:
+    """Mean perceptual distance. real, fake: [B, H, W, 3] in [-1, 1] -> scalar."""
+    return jnp.mean(network.distance(params, real, fake))
+
+
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, stride: int = 1,
+          padding: int | None = None) -> jax.Array:
+    """NHWC convolution with a PyTorch-layout kernel [out, in, kh, kw] (converted on load)."""
+    k = kernel.shape[0]
+    pad = k // 2 if padding is None else padding
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y if bias is None else y + bias.astype(x.dtype)
+
+
+def _torch_to_hwio(arrays: Mapping[str, np.ndarray]) -> dict[str, jnp.ndarray]:
+    out = {}
+    for key, value in arrays.items():
+        value = np.asarray(value, np.float32)
+        if value.ndim == 4:  # conv weight [out, in, kh, kw] -> [kh, kw, in, out]
+            value = value.transpose(2, 3, 1, 0)
+        out[key] = jnp.asarray(value)
+    return out
+
+
+def _require(arrays: Mapping[str, Any], keys: list[str], path: str, network: str) -> None:
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"loss.perceptual_weights = {path!r}: not a {network} weight file, missing "
+            f"{len(missing)} arrays (first: {missing[0]!r})"
+        )
+
+
+# LPIPS-VGG: torchvision VGG16 convs at these `features` indices, grouped into 5 slices whose
+# last ReLU output LPIPS compares (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
+_VGG_SLICES = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
+_LPIPS_SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
+_LPIPS_SCALE = np.array([0.458, 0.448, 0.450], np.float32)
+
+
+def lpips_vgg_keys() -> list[str]:
+    """Array names expected in the LPIPS-VGG `.npz` (as `lpips.LPIPS(net='vgg').state_dict()`)."""
+    keys = []
+    for slice_index, layers in enumerate(_VGG_SLICES):
+        for layer in layers:
+            keys += [f"net.slice{slice_index + 1}.{layer}.weight",
+                     f"net.slice{slice_index + 1}.{layer}.bias"]
+    keys += [f"lin{i}.model.1.weight" for i in range(5)]
+    return keys
+
+
+def _lpips_vgg_distance(params: Mapping[str, jax.Array], real: jax.Array, fake: jax.Array
+                        ) -> jax.Array:
+    def features(x: jax.Array) -> list[jax.Array]:
+        x = (x - _LPIPS_SHIFT) / _LPIPS_SCALE
+        taps = []
+        for slice_index, layers in enumerate(_VGG_SLICES):
+            if slice_index > 0:
+                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                          "VALID")
+            for layer in layers:
+                prefix = f"net.slice{slice_index + 1}.{layer}"
+                x = jax.nn.relu(_conv(x, params[prefix + ".weight"], params[prefix + ".bias"]))
+            taps.append(x)
+        return taps
+
+    total = 0.0
+    for i, (a, b) in enumerate(zip(features(real), features(fake))):
+        a = a / (jnp.sqrt(jnp.sum(a * a, axis=-1, keepdims=True)) + 1e-10)
+        b = b / (jnp.sqrt(jnp.sum(b * b, axis=-1, keepdims=True)) + 1e-10)
+        weight = params[f"lin{i}.model.1.weight"].reshape(-1)  # [C] (stored [1, C, 1, 1])
+        total = total + jnp.mean(jnp.sum(jnp.square(a - b) * weight, axis=-1), axis=(1, 2))
+    return total
+
+
+# ResNet-50 (torchvision layout); distance = squared L2 between the pooled 2048-d features.
+_RESNET50_BLOCKS = (3, 4, 6, 3)
+
+
+def resnet50_keys() -> list[str]:
+    """Array names expected in the ResNet-50 `.npz` (as `torchvision.models.resnet50()`)."""
+    def bn(prefix: str) -> list[str]:
+        return [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+
+    keys = ["conv1.weight", *bn("bn1")]
+    for stage, blocks in enumerate(_RESNET50_BLOCKS):
+        for block in range(blocks):
+            prefix = f"layer{stage + 1}.{block}"
+            for i in (1, 2, 3):
+                keys += [f"{prefix}.conv{i}.weight", *bn(f"{prefix}.bn{i}")]
+            if block == 0:
+                keys += [f"{prefix}.downsample.0.weight", *bn(f"{prefix}.downsample.1")]
+    return keys
+
+
+def _resnet50_features(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    x = ((x + 1.0) / 2.0 - mean) / std
+
+    def bn(y: jax.Array, prefix: str) -> jax.Array:
+        scale = params[prefix + ".weight"] / jnp.sqrt(params[prefix + ".running_var"] + 1e-5)
+        return (y - params[prefix + ".running_mean"]) * scale + params[prefix + ".bias"]
+
+    x = jax.nn.relu(bn(_conv(x, params["conv1.weight"], stride=2, padding=3), "bn1"))
+    x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                              ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for stage, blocks in enumerate(_RESNET50_BLOCKS):
+        for block in range(blocks):
+            prefix = f"layer{stage + 1}.{block}"
+            stride = 2 if (block == 0 and stage > 0) else 1
+            y = jax.nn.relu(bn(_conv(x, params[prefix + ".conv1.weight"]), prefix + ".bn1"))
+            y = jax.nn.relu(bn(_conv(y, params[prefix + ".conv2.weight"], stride=stride),
+                               prefix + ".bn2"))
+            y = bn(_conv(y, params[prefix + ".conv3.weight"]), prefix + ".bn3")
+            if block == 0:
+                x = bn(_conv(x, params[prefix + ".downsample.0.weight"], stride=stride),
+                       prefix + ".downsample.1")
+            x = jax.nn.relu(x + y)
+    return jnp.mean(x, axis=(1, 2))
+
+
+def _resnet50_distance(params: Mapping[str, jax.Array], real: jax.Array, fake: jax.Array
+                       ) -> jax.Array:
+    return jnp.sum(jnp.square(_resnet50_features(params, real) - _resnet50_features(params, fake)),
+                   axis=-1)
+
+
+def _inception_network() -> tuple[PerceptualNetwork, Any]:
+    """The FID InceptionV3 of `fsq_jax.eval` (pool3 features, squared L2) if its weights exist."""
+    from fsq_jax.eval import inception
+
+    try:
+        model, variables = inception.load()
+    except FileNotFoundError as error:
+        raise ValueError(
+            "loss.perceptual_network = 'inception': the FID InceptionV3 weights are not in the "
+            "cache; run `make inception` once (offline afterwards) or set "
+            f"loss.perceptual_network = 'none' ({error})"
+        ) from error
+
+    def distance(params: Any, real: jax.Array, fake: jax.Array) -> jax.Array:
+        # The network takes float images in [0, 255].
+        features = model.apply(params, (jnp.concatenate([real, fake]) + 1.0) * 127.5)
+        feats_real, feats_fake = jnp.split(features, 2)
+        return jnp.sum(jnp.square(feats_real - feats_fake), axis=-1)
+
+    return PerceptualNetwork("inception", distance), variables
+
+
+def load_perceptual(config: ml_collections.ConfigDict) -> tuple[PerceptualNetwork | None, Any]:
+    """The perceptual network and its frozen params named by `config` (the `loss.*` fields).
+
+    Returns (None, None) for "none". For "lpips_vgg" / "resnet50", `perceptual_weights` must be an
+    `.npz` holding the PyTorch state dict (`lpips_vgg_keys()` / `resnet50_keys()` name the arrays);
+    a missing or incomplete file is a ValueError naming the field.
+    """
+    name = config.perceptual_network
+    if name == "none":
+        return None, None
+    if name == "inception":
+        return _inception_network()
+    if name not in PERCEPTUAL_NETWORKS:
+        raise ValueError(f"loss.perceptual_network = {name!r}: one of {PERCEPTUAL_NETWORKS}")
+    path = config.perceptual_weights
+    if not path or not os.path.exists(path):
+        raise ValueError(
+            f"loss.perceptual_weights = {path!r}: loss.perceptual_network = {name!r} needs its "
+            "pretrained weights as a local .npz (they are never downloaded); set the path or use "
+            "loss.perceptual_network = 'none'"
+        )
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    keys = lpips_vgg_keys() if name == "lpips_vgg" else resnet50_keys()
+    _require(arrays, keys, path, name)
+    params = _torch_to_hwio({k: arrays[k] for k in keys})
+    fn = _lpips_vgg_distance if name == "lpips_vgg" else _resnet50_distance
+    return PerceptualNetwork(name, fn), params

@@ -1,0 +1,85 @@
+"""Masking schedules for MaskGIT: the training-time random mask and the decoding-time schedule.
+
+MaskGIT samples a masking ratio from the cosine schedule per example; the FSQ paper adds a floor
+(at least 45% of tokens masked) which stabilised training. Masks here hold an exact token count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+SCHEDULES = ("cosine", "linear", "square")
+
+
+def schedule(progress: jax.Array, method: str = "cosine") -> jax.Array:
+    """Masking ratio gamma(r) for progress r in [0, 1]: 1 at r=0, 0 at r=1.
+
+    cosine: cos(pi/2 * r) (MaskGIT's default); linear: 1 - r; square: 1 - r^2.
+    """
+    progress = jnp.asarray(progress, jnp.float32)
+    if method == "cosine":
+        return jnp.cos(0.5 * math.pi * progress)
+    if method == "linear":
+        return 1.0 - progress
+    if method == "square":
+        return 1.0 - jnp.square(progress)
+    raise ValueError(f"masking.schedule = {method!r}: one of {SCHEDULES}")
+
+
+def _inverse_schedule(ratio: float, method: str) -> float:
+    """The progress r at which schedule(r) == ratio (schedules are decreasing)."""
+    if method == "cosine":
+        return 2.0 / math.pi * math.acos(ratio)
+    if method == "linear":
+        return 1.0 - ratio
+    if method == "square":
+        return math.sqrt(1.0 - ratio)
+    raise ValueError(f"masking.schedule = {method!r}: one of {SCHEDULES}")
+
+
+def sample_mask_ratio(
+    rng: jax.Array, batch: int, min_ratio: float = 0.45, method: str = "cosine"
+) -> jax.Array:
+    """Per-example masking ratios gamma(r), r ~ U[0, r_max), with gamma(r_max) = min_ratio.
+
+    That is the schedule's distribution restricted to ratios in (min_ratio, 1], the FSQ paper's
+    floor (no point mass at the floor). Returns float32 [batch].
+    """
+    if not 0.0 <= min_ratio < 1.0:
+        raise ValueError(f"masking.min_ratio = {min_ratio}: must be in [0, 1)")
+    r_max = _inverse_schedule(min_ratio, method)
+    progress = jax.random.uniform(rng, (batch,), maxval=r_max)
+    return schedule(progress, method)
+
+
+def num_masked(ratio: jax.Array, seq_len: int, min_ratio: float = 0.0) -> jax.Array:
+    """Tokens to mask: ceil(ratio * seq_len), at least ceil(min_ratio * seq_len) and >= 1.
+
+    ratio: float [batch] -> int32 [batch] in [1, seq_len].
+    """
+    count = jnp.ceil(ratio * seq_len - 1e-4).astype(jnp.int32)
+    floor = max(1, math.ceil(min_ratio * seq_len - 1e-4))
+    return jnp.clip(count, floor, seq_len)
+
+
+def mask_by_count(rng: jax.Array, count: jax.Array, seq_len: int) -> jax.Array:
+    """Random boolean masks with exactly count[i] True entries in row i.
+
+    count: int32 [batch] -> bool [batch, seq_len] (uniformly random positions).
+    """
+    scores = jax.random.uniform(rng, (count.shape[0], seq_len))
+    ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
+    return ranks < count[:, None]
+
+
+def random_mask(
+    rng: jax.Array, batch: int, seq_len: int, min_ratio: float = 0.45, method: str = "cosine"
+) -> jax.Array:
+    """The training mask: a schedule ratio per example (with the floor), then exactly that many
+    random positions. Returns bool [batch, seq_len] (True = masked)."""
+    ratio_rng, position_rng = jax.random.split(rng)
+    ratio = sample_mask_ratio(ratio_rng, batch, min_ratio, method)
+    return mask_by_count(position_rng, num_masked(ratio, seq_len, min_ratio), seq_len)

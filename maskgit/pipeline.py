@@ -1,0 +1,213 @@
+"""Train MaskGIT end to end: stage I (tokenizer), then stage II (transformer) on its tokens.
+
+Shared by `make demo` and the codebook-size sweep. A stage whose workdir already holds a finished
+run of the very same config is reused instead of retrained, so re-running a command only does
+the work that is missing; an interrupted stage resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ml_collections
+
+CONFIG_FILE = "config.json"  # written by fsq_jax.train when a run starts
+RESULTS_FILE = "results.json"  # written by fsq_jax.train when a run reaches total_steps
+STAGES = ("tokenizer", "transformer")
+
+
+class StagePreemptedError(RuntimeError):
+    """Training stopped on request (SIGTERM / SIGINT) before `total_steps`; a checkpoint was
+    saved, and running the same command again resumes from it."""
+
+    def __init__(self, workdir: str, step: int):
+        self.workdir, self.step = workdir, step
+        super().__init__(f"{workdir}: stopped on request at step {step}; run again to resume")
+
+
+@dataclass(frozen=True)
+class MaskGITRun:
+    """Both finished stages of one MaskGIT run: where they live and what they measured."""
+
+    tokenizer_dir: str
+    transformer_dir: str
+    tokenizer_results: Mapping[str, Any]
+    transformer_results: Mapping[str, Any]
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as the training loop stores it in `config.json` (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str
+                     ) -> dict[str, Any] | None:
+    """The stored results of `workdir` if it holds a finished run of exactly `config`, else None.
+
+    Finished means `results.json` exists with `step >= config.total_steps` and `config.json`
+    equals `config` (compared as JSON).
+    """
+    results = _read_json(os.path.join(workdir, RESULTS_FILE))
+    stored = _read_json(os.path.join(workdir, CONFIG_FILE))
+    if not isinstance(results, dict) or stored != config_json(config):
+        return None
+    if int(results.get("step", -1)) < int(config.total_steps):
+        return None
+    return results
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False
+              ) -> dict[str, Any]:
+    """Trains and evaluates one stage in `workdir`, or returns its results if already done.
+
+    Args:
+      config: a full experiment config (e.g. from configs/maskgit/tokenizer.py).
+      workdir: the run's directory.
+      restart: delete `workdir` first and train from scratch.
+
+    Returns:
+      The run's results (`step`, `train`, `eval`, `evaluators`, ...), as in `results.json`.
+
+    Raises:
+      ValueError: `workdir` holds a run of a different config (pass restart=True to replace
+        it; resuming its checkpoints under another config would mix two experiments).
+      StagePreemptedError: training was stopped by a signal (its checkpoint resumes next time).
+    """
+    if restart and os.path.isdir(workdir):
+        shutil.rmtree(workdir)
+    results = finished_results(config, workdir)
+    if results is not None:
+        print(f"reusing {workdir} (finished at step {results['step']})", flush=True)
+        return results
+    stored = _read_json(os.path.join(workdir, CONFIG_FILE))
+    if stored is not None and stored != config_json(config):
+        changed = sorted(_changed_fields(stored, config_json(config)))
+        raise ValueError(
+            f"workdir {workdir!r} holds a run of a different config (fields differ: "
+            f"{', '.join(changed[:5]) or 'unknown'}); restart it (restart=True / --restart) or "
+            "choose another workdir"
+        )
+    from fsq_jax import train
+
+    action = "resuming" if os.path.isdir(os.path.join(workdir, "checkpoints")) else "training"
+    print(f"training {workdir} ({action}, {config.total_steps} steps, task {config.task})",
+          flush=True)
+    results = train.train_and_evaluate(config, workdir)
+    if results.get("preempted"):
+        raise StagePreemptedError(workdir, int(results.get("step", 0)))
+    return results
+
+
+def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the leaves that differ between two JSON trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        names = []
+        for key in sorted(set(old) | set(new)):
+            names += _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
+        return names
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def run_maskgit(tokenizer_config: ml_collections.ConfigDict,
+                transformer_config: ml_collections.ConfigDict, workdir: str, *,
+                restart: bool = False) -> MaskGITRun:
+    """Stage I in `workdir/tokenizer`, then stage II on its tokens in `workdir/transformer`.
+
+    `transformer_config.tokenizer_workdir` is set (on a copy) to the stage-I directory. When
+    stage I is (re)trained here, stage II is retrained too: its tokens changed.
+    """
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    transformer_dir = os.path.join(workdir, "transformer")
+    stage1_done = not restart and finished_results(tokenizer_config, tokenizer_dir) is not None
+    tokenizer_results = run_stage(tokenizer_config, tokenizer_dir, restart=restart)
+    transformer_config = ml_collections.ConfigDict(transformer_config.to_dict())
+    transformer_config.tokenizer_workdir = tokenizer_dir
+    transformer_results = run_stage(transformer_config, transformer_dir,
+                                    restart=restart or not stage1_done)
+    return MaskGITRun(tokenizer_dir, transformer_dir, tokenizer_results, transformer_results)
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any,
+              what: str = "config") -> None:
+    """`config.a.b = value` for `dotted = "a.b"`; ValueError naming the key if it does not exist
+    or the value has the wrong type."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ValueError(f"override {dotted!r}: {what} has no section {part!r}")
+        node = node[part]
+    if leaf not in node:
+        raise ValueError(f"override {dotted!r}: {what} has no field {leaf!r}")
+    try:
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    except TypeError as error:
+        raise ValueError(f"override {dotted!r} = {value!r}: {error}") from None
+
+
+def has_field(config: ml_collections.ConfigDict, dotted: str) -> bool:
+    """Whether `config` has the (dotted) field."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def apply_overrides(tokenizer_config: ml_collections.ConfigDict,
+                    transformer_config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> None:
+    """Applies dotted overrides in place.
+
+    Keys prefixed `tokenizer.` / `transformer.` apply to that stage only; other keys apply to
+    every stage that has the field (and must exist in at least one). The prefixed keys win.
+    """
+    configs = {"tokenizer": tokenizer_config, "transformer": transformer_config}
+    shared = {k: v for k, v in overrides.items() if k.split(".", 1)[0] not in STAGES}
+    staged = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in STAGES}
+    for key, value in shared.items():
+        targets = [name for name, config in configs.items() if has_field(config, key)]
+        if not targets:
+            raise ValueError(f"override {key!r}: neither the tokenizer nor the transformer "
+                             "config has this field")
+        for name in targets:
+            set_field(configs[name], key, value, f"the {name} config")
+    for key, value in staged.items():
+        stage, field = key.split(".", 1)
+        set_field(configs[stage], field, value, f"the {stage} config")
+
+
+def configs_for(quantizer_name: str, size: str = "tiny",
+                overrides: Mapping[str, Any] | None = None
+                ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """(tokenizer config, transformer config) of the presets `<quantizer_name>,<size>` of
+    configs/maskgit/{tokenizer,transformer}.py, with `overrides` applied (see
+    `apply_overrides`), e.g. `{"total_steps": 500, "quantizer.levels": (8, 5, 5, 5),
+    "transformer.model.num_layers": 2}`."""
+    from configs.maskgit import tokenizer as tokenizer_configs
+    from configs.maskgit import transformer as transformer_configs
+
+    if quantizer_name not in tokenizer_configs.QUANTIZERS:
+        raise ValueError(f"quantizer_name = {quantizer_name!r}: one of "
+                         f"{tokenizer_configs.QUANTIZERS}")
+    if size not in tokenizer_configs.SIZES:
+        raise ValueError(f"size = {size!r}: one of {tokenizer_configs.SIZES}")
+    arg = f"{quantizer_name},{size}"
+    tokenizer_config = tokenizer_configs.get_config(arg)
+    transformer_config = transformer_configs.get_config(arg)
+    apply_overrides(tokenizer_config, transformer_config, overrides or {})
+    return tokenizer_config, transformer_config

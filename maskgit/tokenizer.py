@@ -1,0 +1,258 @@
+"""MaskGIT's VQGAN tokenizer with a swappable quantizer (FSQ, VQ or any `fsq_jax.quantizers`).
+
+A convolutional encoder (GroupNorm, swish, no attention) maps an image to a grid of latents, a
+dense projection brings them to the quantizer's dimension, and the decoder maps the (projected
+back) codes to pixels. Which quantizer sits in the middle is purely a config choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from fsq_jax import quantizers
+from fsq_jax.quantizers.base import QuantizerOutput
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "swish": nn.swish,
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """The tokenizer's architecture fields (MaskGIT's VQGAN at 256x256 by default)."""
+    return ml_collections.ConfigDict(
+        {
+            "filters": 128,  # base width; level i has filters * channel_multipliers[i]
+            "channel_multipliers": (1, 1, 2, 2, 4),  # len-1 downsamplings: 256 -> 16
+            "num_res_blocks": 2,
+            "embedding_dim": 256,  # encoder output width, projected to the quantizer's dim
+            "norm_groups": 32,
+            "activation": "swish",
+            "conv_downsample": False,  # False: 2x2 average pooling as MaskGIT
+            "dtype": "float32",  # compute dtype; params stay float32
+        }
+    )
+
+
+def check_model_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad `model.*` field."""
+    unknown = sorted(set(config.keys()) - set(default_model_config().keys()))
+    if unknown:
+        raise ValueError(f"model.{unknown[0]}: unknown field for the tokenizer")
+    if config.filters < 1:
+        raise ValueError(f"model.filters = {config.filters}: must be >= 1")
+    if len(config.channel_multipliers) < 1 or min(config.channel_multipliers) < 1:
+        raise ValueError(
+            f"model.channel_multipliers = {config.channel_multipliers}: "
+            "need >= 1 entries, each >= 1"
+        )
+    if config.num_res_blocks < 0:
+        raise ValueError(f"model.num_res_blocks = {config.num_res_blocks}: must be >= 0")
+    if config.embedding_dim < 1:
+        raise ValueError(f"model.embedding_dim = {config.embedding_dim}: must be >= 1")
+    for mult in config.channel_multipliers:
+        if (config.filters * mult) % config.norm_groups:
+            raise ValueError(
+                f"model.norm_groups = {config.norm_groups}: must divide every level width "
+                f"(filters * multiplier = {config.filters * mult})"
+            )
+    if config.activation not in ACTIVATIONS:
+        raise ValueError(f"model.activation = {config.activation!r}: one of {sorted(ACTIVATIONS)}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"model.dtype = {config.dtype!r}: one of {sorted(DTYPES)}")
+
+
+def downsample_factor(config: ml_collections.ConfigDict) -> int:
+    """Image pixels per token along each axis: 2 ** (levels - 1)."""
+    return 2 ** (len(config.channel_multipliers) - 1)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (GroupNorm, act, conv3x3) x 2, 1x1-conv shortcut if needed.
+
+    x: [batch, height, width, channels] -> [batch, height, width, filters]
+    """
+
+    filters: int
+    norm_groups: int
+    activation: Callable[[jax.Array], jax.Array]
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = x
+        for _ in range(2):
+            x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype)(x)
+            x = self.activation(x)
+            x = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        if residual.shape[-1] != self.filters:
+            residual = nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype)(residual)
+        return x + residual
+
+
+def _groups(config: ml_collections.ConfigDict, width: int) -> int:
+    return min(config.norm_groups, width)
+
+
+class Encoder(nn.Module):
+    """Image to latent grid.
+
+    images: [batch, H, W, 3] in [-1, 1] -> [batch, H / f, W / f, embedding_dim], f = 2**(levels-1).
+    """
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        config = self.config
+        dtype = DTYPES[config.dtype]
+        act = ACTIVATIONS[config.activation]
+        x = nn.Conv(config.filters, (3, 3), use_bias=False, dtype=dtype)(x.astype(dtype))
+        levels = len(config.channel_multipliers)
+        filters = config.filters
+        for level, mult in enumerate(config.channel_multipliers):
+            filters = config.filters * mult
+            for _ in range(config.num_res_blocks):
+                x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+            if level < levels - 1:
+                if config.conv_downsample:
+                    x = nn.Conv(filters, (4, 4), strides=(2, 2), dtype=dtype)(x)
+                else:
+                    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        for _ in range(config.num_res_blocks):
+            x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+        x = nn.GroupNorm(num_groups=_groups(config, filters), dtype=dtype)(x)
+        x = act(x)
+        return nn.Conv(config.embedding_dim, (1, 1), dtype=dtype)(x)
+
+
+class Decoder(nn.Module):
+    """Latent grid to image (mirror of the encoder, nearest upsampling + conv).
+
+    x: [batch, h, w, embedding_dim] -> [batch, h * f, w * f, 3] (unbounded; ~[-1, 1] once trained)
+    """
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        config = self.config
+        dtype = DTYPES[config.dtype]
+        act = ACTIVATIONS[config.activation]
+        filters = config.filters * config.channel_multipliers[-1]
+        x = nn.Conv(filters, (3, 3), dtype=dtype)(x.astype(dtype))
+        for _ in range(config.num_res_blocks):
+            x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+        for level in reversed(range(len(config.channel_multipliers))):
+            filters = config.filters * config.channel_multipliers[level]
+            for _ in range(config.num_res_blocks):
+                x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+            if level > 0:
+                x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+                x = nn.Conv(filters, (3, 3), dtype=dtype)(x)
+        x = nn.GroupNorm(num_groups=_groups(config, filters), dtype=dtype)(x)
+        x = act(x)
+        return nn.Conv(3, (3, 3), dtype=dtype)(x).astype(jnp.float32)
+
+
+class Tokenizer(nn.Module):
+    """Encoder -> dense to code_dim -> quantizer -> dense to embedding_dim -> decoder.
+
+    Attributes:
+      config: `model.*` fields (see `default_model_config`).
+      quantizer_config: any `fsq_jax.quantizers` config; the quantizer is built from it.
+    """
+
+    config: ml_collections.ConfigDict
+    quantizer_config: ml_collections.ConfigDict
+
+    def setup(self) -> None:
+        check_model_config(self.config)
+        dim = quantizers.code_dim(self.quantizer_config)
+        self.encoder = Encoder(self.config)
+        self.project_in = nn.Dense(dim, dtype=jnp.float32, name="project_in")
+        self.quantizer = quantizers.build(self.quantizer_config)
+        self.project_out = nn.Dense(
+            self.config.embedding_dim, dtype=DTYPES[self.config.dtype], name="project_out"
+        )
+        self.decoder = Decoder(self.config)
+
+    def encode(self, images: jax.Array, train: bool = False) -> QuantizerOutput:
+        """images: [batch, H, W, 3] in [-1, 1] -> QuantizerOutput with quantized [batch, h, w, d]
+        (d = code_dim) and indices [batch, h, w] (int32)."""
+        latents = self.encoder(images)
+        z = self.project_in(latents.astype(jnp.float32))
+        return self.quantizer(z, train=train)
+
+    def decode(self, quantized: jax.Array) -> jax.Array:
+        """quantized: [batch, h, w, d] -> images [batch, H, W, 3] (float32, ~[-1, 1])."""
+        return self.decoder(self.project_out(quantized))
+
+    def tokenize(self, images: jax.Array) -> jax.Array:
+        """images: [batch, H, W, 3] in [-1, 1] -> int32 tokens [batch, h, w] (eval mode)."""
+        return self.encode(images, train=False).indices
+
+    def decode_tokens(self, tokens: jax.Array) -> jax.Array:
+        """tokens: int32 [batch, h, w] -> images [batch, H, W, 3] (float32, ~[-1, 1])."""
+        return self.decode(self.quantizer.indices_to_codes(tokens))
+
+    def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+        """images: [batch, H, W, 3] in [-1, 1] -> (reconstruction, QuantizerOutput)."""
+        out = self.encode(images, train=train)
+        return self.decode(out.quantized), out
+
+
+def build(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The tokenizer of an experiment config (reads `config.model` and `config.quantizer`)."""
+    return Tokenizer(config.model, config.quantizer)
+
+
+def token_grid(config: ml_collections.ConfigDict, image_size: int) -> tuple[int, int]:
+    """Token grid (h, w) for square images of `image_size` pixels; checks divisibility."""
+    factor = downsample_factor(config)
+    if image_size % factor:
+        raise ValueError(
+            f"data.image_size = {image_size}: must be a multiple of the tokenizer's downsampling "
+            f"factor {factor} (2 ** (len(model.channel_multipliers) - 1))"
+        )
+    return image_size // factor, image_size // factor
+
+
+def images_to_float(images: jax.Array) -> jax.Array:
+    """uint8 [..., 3] in [0, 255] -> float32 in [-1, 1]."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def float_to_images(x: jax.Array) -> jax.Array:
+    """float [..., 3] in ~[-1, 1] -> uint8 in [0, 255] (clipped, rounded)."""
+    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def param_count(params: Any) -> int:
+    """Number of scalars in a params pytree (works on ShapeDtypeStructs too)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+
+
+__all__: Sequence[str] = (
+    "Decoder",
+    "Encoder",
+    "ResBlock",
+    "Tokenizer",
+    "build",
+    "check_model_config",
+    "default_model_config",
+    "downsample_factor",
+    "float_to_images",
+    "images_to_float",
+    "param_count",
+    "token_grid",
+)

@@ -1,0 +1,170 @@
+"""MaskGIT's bidirectional transformer over the token grid, conditioned on a class token.
+
+BERT-style (post-LayerNorm) encoder: token + learned position embeddings, full self-attention,
+and an MLM head whose output layer is tied to the token embedding. The vocabulary holds the image
+codes, one mask token and the class tokens (with one extra "null" class for classifier-free
+guidance); the head predicts image codes only.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+LAYERNORM_EPS = 1e-12  # BERT's, as MaskGIT
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """Transformer fields (MaskGIT's class-conditional ImageNet 256 model by default)."""
+    return ml_collections.ConfigDict(
+        {
+            "num_layers": 24,
+            "hidden_size": 768,
+            "num_heads": 16,
+            "mlp_dim": 3072,
+            "dropout_rate": 0.1,
+            "initializer_range": 0.02,
+            "dtype": "float32",  # compute dtype; params stay float32
+        }
+    )
+
+
+def check_model_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad `model.*` field."""
+    unknown = sorted(set(config.keys()) - set(default_model_config().keys()))
+    if unknown:
+        raise ValueError(f"model.{unknown[0]}: unknown field for the transformer")
+    for field in ("num_layers", "hidden_size", "num_heads", "mlp_dim"):
+        if config[field] < 1:
+            raise ValueError(f"model.{field} = {config[field]}: must be >= 1")
+    if config.hidden_size % config.num_heads:
+        raise ValueError(
+            f"model.num_heads = {config.num_heads}: must divide model.hidden_size "
+            f"({config.hidden_size})"
+        )
+    if not 0.0 <= config.dropout_rate < 1.0:
+        raise ValueError(f"model.dropout_rate = {config.dropout_rate}: must be in [0, 1)")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"model.dtype = {config.dtype!r}: one of {sorted(DTYPES)}")
+
+
+def mask_token_id(codebook_size: int) -> int:
+    """The [MASK] token id: right after the image codes."""
+    return codebook_size
+
+
+def class_token_id(label: jax.Array, codebook_size: int) -> jax.Array:
+    """Vocabulary id of class `label` (label == num_classes is the null / unconditional class)."""
+    return label + codebook_size + 1
+
+
+def vocab_size(codebook_size: int, num_classes: int) -> int:
+    """Image codes + [MASK] + classes + null class."""
+    return codebook_size + 1 + num_classes + 1
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (no mask: every token sees every token).
+
+    x: [B, N, D] -> [B, N, D]
+    """
+
+    num_heads: int
+    dtype: jnp.dtype
+    kernel_init: nn.initializers.Initializer
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        qkv = nn.DenseGeneral(
+            (3, self.num_heads, head_dim), dtype=self.dtype, kernel_init=self.kernel_init,
+            name="qkv",
+        )(x)
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = jax.nn.dot_product_attention(query, key, value)
+        return nn.DenseGeneral(
+            width, axis=(-2, -1), dtype=self.dtype, kernel_init=self.kernel_init, name="out"
+        )(out)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block: x = LN(x + drop(attn(x))); x = LN(x + drop(mlp(x))). x: [B, N, D]."""
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        config = self.config
+        dtype = DTYPES[config.dtype]
+        init = nn.initializers.truncated_normal(config.initializer_range)
+        y = SelfAttention(config.num_heads, dtype, init)(x)
+        y = nn.Dropout(config.dropout_rate, deterministic=not train)(y)
+        x = nn.LayerNorm(epsilon=LAYERNORM_EPS, dtype=dtype, name="attention_ln")(x + y)
+        y = nn.Dense(config.mlp_dim, dtype=dtype, kernel_init=init, name="mlp_in")(x)
+        y = nn.gelu(y)
+        y = nn.Dense(x.shape[-1], dtype=dtype, kernel_init=init, name="mlp_out")(y)
+        y = nn.Dropout(config.dropout_rate, deterministic=not train)(y)
+        return nn.LayerNorm(epsilon=LAYERNORM_EPS, dtype=dtype, name="mlp_ln")(x + y)
+
+
+class MaskedTransformer(nn.Module):
+    """Predicts image codes at every position from a partly masked token grid and a class.
+
+    Attributes:
+      config: `model.*` fields (see `default_model_config`).
+      codebook_size: number of image codes K (ids 0..K-1; K is [MASK]).
+      num_classes: number of classes C (label C is the null class).
+      seq_len: tokens per image (h * w).
+    """
+
+    config: ml_collections.ConfigDict
+    codebook_size: int
+    num_classes: int
+    seq_len: int
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+        """tokens: int32 [B, N] (image codes or mask id); labels: int32 [B] in [0, C].
+
+        Returns float32 logits [B, N, K] over the image codes.
+        """
+        check_model_config(self.config)
+        config = self.config
+        dtype = DTYPES[config.dtype]
+        init = nn.initializers.truncated_normal(config.initializer_range)
+        if tokens.shape[-1] != self.seq_len:
+            raise ValueError(f"tokens have {tokens.shape[-1]} positions, expected {self.seq_len}")
+        embed = nn.Embed(
+            vocab_size(self.codebook_size, self.num_classes), config.hidden_size,
+            embedding_init=init, name="token_embedding",
+        )
+        class_tokens = class_token_id(labels.astype(jnp.int32), self.codebook_size)[:, None]
+        ids = jnp.concatenate([class_tokens, tokens.astype(jnp.int32)], axis=1)  # [B, 1 + N]
+        positions = self.param(
+            "position_embedding", init, (1 + self.seq_len, config.hidden_size)
+        )
+        x = embed(ids) + positions[None]
+        x = nn.LayerNorm(epsilon=LAYERNORM_EPS, dtype=dtype, name="embedding_ln")(x)
+        x = nn.Dropout(config.dropout_rate, deterministic=not train)(x).astype(dtype)
+        for i in range(config.num_layers):
+            x = EncoderLayer(config, name=f"layer_{i}")(x, train)
+        x = x[:, 1:]  # drop the class position
+        x = nn.Dense(config.hidden_size, dtype=dtype, kernel_init=init, name="head_dense")(x)
+        x = nn.gelu(x)
+        x = nn.LayerNorm(epsilon=LAYERNORM_EPS, dtype=dtype, name="head_ln")(x)
+        codes = embed.embedding[: self.codebook_size].astype(dtype)  # tied output layer [K, D]
+        logits = jnp.einsum("bnd,kd->bnk", x, codes)
+        bias = self.param("head_bias", nn.initializers.zeros, (self.codebook_size,))
+        return logits.astype(jnp.float32) + bias
+
+
+def flops_per_token(config: ml_collections.ConfigDict, codebook_size: int, seq_len: int) -> float:
+    """Forward matmul FLOPs per token (2 * multiply-adds), attention scores included."""
+    d, mlp, layers = config.hidden_size, config.mlp_dim, config.num_layers
+    per_layer = 2 * (3 * d * d + d * d + 2 * d * mlp) + 2 * 2 * (seq_len + 1) * d
+    head = 2 * (d * d + d * codebook_size)
+    return float(layers * per_layer + head)

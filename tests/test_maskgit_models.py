@@ -1,0 +1,203 @@
+"""MaskGIT models: pinned shapes and parameter counts of every preset, losses, config errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.maskgit import tokenizer as tokenizer_configs
+from configs.maskgit import transformer as transformer_configs
+from fsq_jax import quantizers
+from maskgit import discriminator, losses, tasks, tokenizer, transformer
+
+
+def _count(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+# (tokenizer params, discriminator params, transformer params, token grid side)
+PINNED = {
+    "fsq,paper": (54_173_831, 23_998_017, 172_438_504, 16),
+    "vq,paper": (54_565_251, 23_998_017, 172_456_960, 16),
+    "fsq,tiny": (149_414, 72_657, 225_008, 8),
+    "vq,tiny": (159_491, 72_657, 226_048, 8),
+}
+
+
+@pytest.mark.parametrize("arg", sorted(PINNED))
+def test_preset_shapes_and_parameter_counts(arg):
+    """Abstract init only (jax.eval_shape): the paper presets allocate nothing."""
+    tok_params, disc_params, transformer_params, side = PINNED[arg]
+    config = tokenizer_configs.get_config(arg)
+    size = config.data.image_size
+    images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    model = tokenizer.build(config)
+    variables = jax.eval_shape(
+        lambda rng, x: model.init({"params": rng, quantizers.RNG_STREAM: rng}, x, train=True),
+        jax.random.key(0),
+        images,
+    )
+    assert _count(variables["params"]) == tok_params
+    recon, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, images)
+    dim = quantizers.code_dim(config.quantizer)
+    assert recon.shape == (2, size, size, 3)
+    assert out.quantized.shape == (2, side, side, dim)
+    assert out.indices.shape == (2, side, side) and out.indices.dtype == jnp.int32
+    critic = discriminator.Discriminator(config.discriminator)
+    critic_params = jax.eval_shape(critic.init, jax.random.key(0), images)
+    assert _count(critic_params) == disc_params
+    assert jax.eval_shape(critic.apply, critic_params, images).shape == (2,)
+
+    stage2 = transformer_configs.get_config(arg)
+    codebook = quantizers.codebook_size(config.quantizer)
+    classes = tasks.num_classes(stage2)  # tiny: the 12 classes of the procedural scenes
+    net = transformer.MaskedTransformer(stage2.model, codebook, classes, side * side)
+    tokens = jax.ShapeDtypeStruct((2, side * side), jnp.int32)
+    labels = jax.ShapeDtypeStruct((2,), jnp.int32)
+    params = jax.eval_shape(net.init, jax.random.key(0), tokens, labels)
+    assert _count(params) == transformer_params
+    logits = jax.eval_shape(net.apply, params, tokens, labels)
+    assert logits.shape == (2, side * side, codebook) and logits.dtype == jnp.float32
+
+
+def test_paper_presets_follow_the_paper():
+    fsq = tokenizer_configs.get_config("fsq,paper")
+    vq = tokenizer_configs.get_config("vq,paper")
+    assert tuple(fsq.quantizer.levels) == (8, 5, 5, 5)
+    assert quantizers.code_dim(fsq.quantizer) == 4
+    assert (vq.quantizer.codebook_size, vq.quantizer.beta, vq.quantizer.entropy_weight) == (
+        1024,
+        0.25,
+        0.1,
+    )
+    assert tuple(fsq.model.channel_multipliers) == (1, 1, 2, 2, 4)
+    assert (fsq.model.filters, fsq.model.num_res_blocks) == (128, 2)
+    assert (fsq.batch_size, fsq.total_steps) == (512, 1_000_000)
+    stage2 = transformer_configs.get_config("fsq,paper")
+    assert (stage2.model.num_layers, stage2.model.hidden_size, stage2.model.num_heads) == (
+        24,
+        768,
+        16,
+    )
+    assert (stage2.batch_size, stage2.total_steps) == (256, 2_500_000)
+    assert stage2.masking.min_ratio == 0.45 and stage2.masking.label_dropout == 0.1
+    assert stage2.sampling.num_steps == 12
+    assert stage2.sampling.guidance_scale == 0.2
+    assert transformer_configs.get_config("vq,paper").sampling.guidance_scale == 0.1
+
+
+def test_bad_preset_names_arg():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        tokenizer_configs.get_config("fsq,huge")
+
+
+def test_model_config_errors_name_the_field():
+    config = tokenizer_configs.get_config("fsq,tiny")
+    config.model.norm_groups = 7
+    with pytest.raises(ValueError, match=r"model.norm_groups"):
+        tokenizer.check_model_config(config.model)
+    with pytest.raises(ValueError, match=r"data.image_size"):
+        tokenizer.token_grid(tokenizer_configs.get_config("fsq,tiny").model, 30)
+    stage2 = transformer_configs.get_config("fsq,tiny")
+    stage2.model.num_heads = 5
+    with pytest.raises(ValueError, match=r"model.num_heads"):
+        transformer.check_model_config(stage2.model)
+
+
+def test_transformer_output_is_tied_to_token_embedding():
+    config = transformer_configs.get_config("fsq,tiny").model
+    net = transformer.MaskedTransformer(config, 240, 10, 64)
+    tokens = jnp.full((2, 64), transformer.mask_token_id(240))
+    labels = jnp.array([3, 10])  # 10 = null class
+    params = jax.jit(net.init)(jax.random.key(0), tokens, labels)["params"]
+    assert params["token_embedding"]["embedding"].shape == (240 + 1 + 10 + 1, 64)
+    assert "head_bias" in params and not any("kernel" in k for k in params if "head_out" in k)
+    # Perturbing an image-code embedding row changes that code's logit everywhere.
+    bumped = jax.tree.map(lambda x: x, params)
+    noise = jax.random.normal(jax.random.key(1), (64,))
+    bumped["token_embedding"]["embedding"] = params["token_embedding"]["embedding"].at[5].add(noise)
+    apply = jax.jit(lambda p: net.apply({"params": p}, tokens, labels))
+    before, after = apply(params), apply(bumped)
+    changed = np.abs(np.asarray(after - before)).max(axis=(0, 1)) > 1e-4
+    assert changed[5] and changed.sum() == 1
+
+
+def test_blur_downsample_matches_depthwise_convolution():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    out = discriminator.blur_downsample(x)
+    assert out.shape == (2, 4, 4, 3)
+    np.testing.assert_allclose(out, discriminator.blur_downsample_reference(x), atol=1e-5)
+
+
+def test_discriminator_rejects_non_power_of_two():
+    config = discriminator.default_config()
+    with pytest.raises(ValueError, match=r"data.image_size"):
+        discriminator.check_config(config, 48)
+
+
+def test_gan_losses_match_their_equations():
+    real = jnp.array([2.0, -1.0])
+    fake = jnp.array([-3.0, 0.5])
+    np.testing.assert_allclose(
+        losses.generator_adversarial_loss(fake),
+        np.mean(np.log1p(np.exp(-np.asarray(fake)))),
+        rtol=1e-6,
+    )
+    expected = np.mean(np.log1p(np.exp(-np.asarray(real)))) + np.mean(
+        np.log1p(np.exp(np.asarray(fake)))
+    )
+    np.testing.assert_allclose(losses.discriminator_loss(real, fake), expected, rtol=1e-6)
+    # R1 of a linear critic D(x) = <w, x> is ||w||^2 for every image.
+    weight = jax.random.normal(jax.random.key(0), (4, 4, 3))
+    critic = lambda x: jnp.sum(x * weight, axis=(1, 2, 3))
+    images = jax.random.normal(jax.random.key(1), (3, 4, 4, 3))
+    np.testing.assert_allclose(losses.r1_penalty(critic, images), jnp.sum(weight**2), rtol=1e-5)
+    # LeCam is zero when real logits sit below the fake EMA and fake logits above the real EMA.
+    assert float(losses.lecam_regularizer(real, fake, ema_real=-5.0, ema_fake=5.0)) == 0.0
+    assert float(losses.lecam_regularizer(real, fake, ema_real=0.0, ema_fake=0.0)) > 0.0
+    np.testing.assert_allclose(losses.reconstruction_loss(real, fake, "l1"), 3.25)
+    assert float(losses.adversarial_gate(jnp.array(9), 10)) == 0.0
+    assert float(losses.adversarial_gate(jnp.array(10), 10)) == 1.0
+
+
+def test_perceptual_network_needs_weights(tmp_path):
+    config = losses.default_config()
+    config.perceptual_network = "lpips_vgg"
+    with pytest.raises(ValueError, match=r"loss.perceptual_weights"):
+        losses.load_perceptual(config)
+    config.perceptual_weights = str(tmp_path / "wrong.npz")
+    np.savez(config.perceptual_weights, unrelated=np.zeros(3))
+    with pytest.raises(ValueError, match="missing"):
+        losses.load_perceptual(config)
+    config.perceptual_network = "none"
+    assert losses.load_perceptual(config) == (None, None)
+
+
+def test_lpips_vgg_from_user_weights(tmp_path):
+    """A weight file with LPIPS-VGG's names loads; distance is 0 for identical images only."""
+    rng = np.random.default_rng(0)
+    arrays, in_channels = {}, 3
+    widths = (64, 128, 256, 512, 512)
+    for key in losses.lpips_vgg_keys():
+        if key.startswith("lin"):
+            arrays[key] = rng.uniform(0, 1, (1, widths[int(key[3])], 1, 1)).astype(np.float32)
+        elif key.endswith(".weight"):
+            out = widths[int(key.split(".")[1][-1]) - 1]
+            arrays[key] = (
+                rng.normal(size=(out, in_channels, 3, 3)) / np.sqrt(9 * in_channels)
+            ).astype(np.float32)
+            in_channels = out
+        else:
+            arrays[key] = np.zeros(in_channels, np.float32)
+    path = tmp_path / "lpips.npz"
+    np.savez(path, **arrays)
+    config = losses.default_config()
+    config.perceptual_network = "lpips_vgg"
+    config.perceptual_weights = str(path)
+    network, params = losses.load_perceptual(config)
+    images = jax.random.uniform(jax.random.key(0), (1, 16, 16, 3), minval=-1, maxval=1)
+    loss = jax.jit(lambda a, b: losses.perceptual_loss(network, params, a, b))
+    assert float(loss(images, images)) < 1e-9
+    assert float(loss(images, -images)) > 1e-3

@@ -1,0 +1,208 @@
+"""One real training step of each MaskGIT stage through the task API, and the sampling path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.maskgit import tokenizer as tokenizer_configs
+from configs.maskgit import transformer as transformer_configs
+from maskgit import tasks
+
+BATCH = 8
+
+
+def _shrink_stage1(config):
+    """The tiny preset, narrower still so the test compiles quickly (same code paths)."""
+    config.model.filters = 8
+    config.model.embedding_dim = 16
+    config.model.norm_groups = 4
+    config.discriminator.max_filters = 16
+    config.loss.discriminator_start = 0  # exercise the adversarial terms from step 0
+    config.loss.lecam_weight = 0.1
+    config.total_steps = 10
+    return config
+
+
+def _batch(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, (BATCH,), dtype=np.int32),
+    }
+
+
+def _changed(a, b) -> bool:
+    return any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _stage1(quantizer: str):
+    config = _shrink_stage1(tokenizer_configs.get_config(f"{quantizer},tiny"))
+    task = tasks.TokenizerTask(config)
+    state = jax.jit(task.init_state)(jax.random.key(0), _batch())
+    return config, task, state
+
+
+@pytest.fixture(scope="module")
+def stage1():
+    return _stage1("fsq")
+
+
+def test_tokenizer_train_step_updates_both_groups(stage1):
+    _check_tokenizer_step(*stage1)
+
+
+@pytest.mark.slow
+def test_vq_tokenizer_train_step():
+    _check_tokenizer_step(*_stage1("vq"))
+
+
+def test_tokenizer_tokens_roundtrip(stage1):
+    """tokenize -> decode_tokens reproduces the reconstruction of the quantized latents."""
+    _, task, state = stage1
+    state = state.replace(ema_params=state.params)
+    images = jnp.asarray(_batch(3)["image"][:2])
+    recon, out = jax.jit(task.reconstruct)(state, images)
+    tokens = np.asarray(task.tokenize_fn(state)(np.asarray(images)))
+    np.testing.assert_array_equal(tokens, out.indices)
+    assert tokens.min() >= 0 and tokens.max() < 240
+    from_tokens = jax.jit(lambda v, t: task.model.apply(v, t, method="decode_tokens"))(
+        {"params": state.params["generator"]}, tokens)
+    np.testing.assert_allclose(from_tokens, recon, atol=1e-4)
+
+
+def _check_tokenizer_step(config, task, state):
+    new_state, metrics = jax.jit(task.train_step)(state, _batch(1), jax.random.key(1))
+    assert int(new_state.step) == 1
+    assert _changed(state.params["generator"], new_state.params["generator"])
+    assert _changed(state.params["discriminator"], new_state.params["discriminator"])
+    for name in (
+        "reconstruction_loss",
+        "generator_adversarial_loss",
+        "discriminator_loss",
+        "r1_penalty",
+        "lecam",
+        "quantizer_loss",
+    ):
+        assert np.isfinite(float(metrics[name])), name
+    assert float(metrics["adversarial_gate"]) == 1.0
+    assert float(metrics["r1_penalty"]) > 0.0
+    if config.quantizer.name == "vq":
+        assert float(metrics["quantizer_loss"]) != 0.0  # commitment + codebook + entropy
+    else:
+        assert float(metrics["quantizer_loss"]) == 0.0  # FSQ has no auxiliary loss
+    # EMA of the generator moved towards the new params (decay 0.99).
+    assert _changed(state.ema_params["generator"], new_state.ema_params["generator"])
+    eval_metrics = jax.jit(task.eval_step)(new_state, _batch(2), jax.random.key(2))
+    assert np.isfinite(float(eval_metrics["psnr"]))
+    grid = task.images(new_state, _batch(2), jax.random.key(3))["reconstructions"]
+    assert grid.dtype == np.uint8 and grid.shape == (2 * 32, BATCH * 32, 3)
+
+
+@pytest.mark.slow
+def test_adversarial_warmup_freezes_the_discriminator(stage1):
+    config, _, state = stage1
+    config = _shrink_stage1(tokenizer_configs.get_config("fsq,tiny"))
+    config.loss.discriminator_start = 5
+    task = tasks.TokenizerTask(config)
+    new_state, metrics = jax.jit(task.train_step)(state, _batch(1), jax.random.key(1))
+    assert float(metrics["adversarial_gate"]) == 0.0
+    assert not _changed(state.params["discriminator"], new_state.params["discriminator"])
+    assert _changed(state.params["generator"], new_state.params["generator"])
+
+
+def test_tokenizer_config_errors_name_the_field():
+    config = tokenizer_configs.get_config("fsq,tiny")
+    config.loss.reconstruction = "l3"
+    with pytest.raises(ValueError, match=r"loss.reconstruction"):
+        tasks.TokenizerTask(config)
+    config = tokenizer_configs.get_config("fsq,paper")  # asks for ResNet-50 weights
+    with pytest.raises(ValueError, match=r"loss.perceptual_weights"):
+        tasks.TokenizerTask(config)
+
+
+def test_transformer_train_step_and_samples(stage1):
+    config1, _, state1 = stage1
+    config = transformer_configs.get_config(f"{config1.quantizer.name},tiny")
+    config.model.num_layers = 1
+    config.model.hidden_size = 32
+    config.model.mlp_dim = 64
+    config.sampling.num_steps = 4
+    config.optimizer.warmup_steps = 0  # a real update at step 0
+    tokenizer_variables = {"params": state1.params["generator"]}
+    task = tasks.TransformerTask(config, config1, tokenizer_variables)
+    state = jax.jit(task.init_state)(jax.random.key(0), _batch())
+    batch = _batch(1)
+    new_state, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
+    assert int(new_state.step) == 1
+    assert _changed(state.params["transformer"], new_state.params["transformer"])
+    assert np.isfinite(float(metrics["loss"]))
+    # The loss covers masked positions only, at least 45% of the tokens.
+    assert 0.45 <= float(metrics["mask_ratio"]) <= 1.0
+    # Stage I stays frozen.
+    np.testing.assert_array_equal(
+        jax.tree.leaves(new_state.model_state["tokenizer"])[0],
+        jax.tree.leaves(state.model_state["tokenizer"])[0],
+    )
+    tokens = task.tokenize(new_state.model_state["tokenizer"], jnp.asarray(batch["image"]))
+    assert tokens.shape == (BATCH, 64) and int(tokens.max()) < task.codebook_size
+    eval_metrics = jax.jit(task.eval_step)(new_state, batch, jax.random.key(2))
+    assert np.isfinite(float(eval_metrics["accuracy"]))
+    grid = task.images(new_state, batch, jax.random.key(3))["samples"]
+    rows = min(tasks.num_classes(config), 16)
+    assert grid.dtype == np.uint8 and grid.shape == (rows * 32, 8 * 32, 3)
+
+
+def test_image_grid_layout():
+    images = np.arange(6 * 2 * 2 * 3, dtype=np.uint8).reshape(6, 2, 2, 3)
+    grid = tasks.image_grid(images, rows=2)
+    assert grid.shape == (4, 6, 3)
+    np.testing.assert_array_equal(grid[2:4, 0:2], images[3])
+    with pytest.raises(ValueError):
+        tasks.image_grid(images, rows=4)
+
+
+@pytest.mark.slow
+def test_both_stages_on_the_loop_and_sample_cli(tmp_path):
+    """Stage I and II through `train_and_evaluate`, then scripts/sample.py on the checkpoint."""
+    import importlib.util
+    import pathlib
+
+    from PIL import Image
+
+    from fsq_jax import train
+
+    config1 = _shrink_stage1(tokenizer_configs.get_config("fsq,tiny"))
+    config1.update(total_steps=2, batch_size=8, eval_batch_size=8, eval_steps=1, log_every=1,
+                   eval_every=0, images_every=0, checkpoint_every=0)
+    config1.evaluators.update(fid=False, num_images=16, batch_size=8)
+    tokenizer_dir = str(tmp_path / "tokenizer")
+    results1 = train.train_and_evaluate(config1, tokenizer_dir)
+    assert results1["step"] == 2
+    assert 0.0 < results1["evaluators"]["codebook/usage"] <= 1.0
+
+    config2 = transformer_configs.get_config("fsq,tiny")
+    config2.update(total_steps=2, batch_size=8, eval_batch_size=8, eval_steps=1, log_every=1,
+                   eval_every=0, images_every=0, checkpoint_every=0,
+                   tokenizer_workdir=tokenizer_dir)
+    config2.model.update(num_layers=1, hidden_size=32, mlp_dim=64)
+    config2.evaluators.fid = False
+    config2.optimizer.update(warmup_steps=0, schedule="constant")
+    transformer_dir = str(tmp_path / "transformer")
+    results2 = train.train_and_evaluate(config2, transformer_dir)
+    assert results2["step"] == 2
+    assert (pathlib.Path(transformer_dir) / "images").is_dir()
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sample.py"
+    spec = importlib.util.spec_from_file_location("maskgit_sample_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "samples"
+    assert script.main(["--workdir", transformer_dir, "--out", str(out), "--num_images", "12",
+                        "--per_class", "2", "--num_steps", "3", "--batch_size", "8"]) == 0
+    classes = tasks.num_classes(config2)
+    grid = np.asarray(Image.open(out / "samples_grid.png"))
+    assert grid.shape == (classes * 32, 2 * 32, 3)
+    with np.load(out / "samples.npz") as data:
+        assert data["images"].shape == (12, 32, 32, 3) and data["images"].dtype == np.uint8
+        np.testing.assert_array_equal(data["labels"], np.arange(12) % classes)
