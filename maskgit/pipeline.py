@@ -16,6 +16,8 @@ from typing import Any
 
 import ml_collections
 
+from fsq_jax.reporting import collect
+
 CONFIG_FILE = "config.json"  # written by fsq_jax.train when a run starts
 RESULTS_FILE = "results.json"  # written by fsq_jax.train when a run reaches total_steps
 STAGES = ("tokenizer", "transformer")
@@ -45,14 +47,6 @@ def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def finished_results(config: ml_collections.ConfigDict, workdir: str
                      ) -> dict[str, Any] | None:
     """The stored results of `workdir` if it holds a finished run of exactly `config`, else None.
@@ -60,8 +54,8 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str
     Finished means `results.json` exists with `step >= config.total_steps` and `config.json`
     equals `config` (compared as JSON).
     """
-    results = _read_json(os.path.join(workdir, RESULTS_FILE))
-    stored = _read_json(os.path.join(workdir, CONFIG_FILE))
+    results = collect.read_json(os.path.join(workdir, RESULTS_FILE))
+    stored = collect.read_json(os.path.join(workdir, CONFIG_FILE))
     if not isinstance(results, dict) or stored != config_json(config):
         return None
     if int(results.get("step", -1)) < int(config.total_steps):
@@ -92,7 +86,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, *, restart: bool 
     if results is not None:
         print(f"reusing {workdir} (finished at step {results['step']})", flush=True)
         return results
-    stored = _read_json(os.path.join(workdir, CONFIG_FILE))
+    stored = collect.read_json(os.path.join(workdir, CONFIG_FILE))
     if stored is not None and stored != config_json(config):
         changed = sorted(_changed_fields(stored, config_json(config)))
         raise ValueError(

@@ -9,33 +9,16 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from fsq_jax import data, train
-from fsq_jax.train import cli, distributed
+from fsq_jax.train import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/autoencoder.py:fsq,tiny", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, images and results.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
-flags.DEFINE_integer("process_id", None, "Index of this process (multi-host runs).")
-flags.DEFINE_string("cpu_collectives", None, "CPU collectives for multi-process CPU runs: gloo.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_run_flags("Directory for checkpoints, metrics, images and results.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_library_logs()
-    distributed.initialize(
-        FLAGS.coordinator_address,
-        FLAGS.num_processes,
-        FLAGS.process_id,
-        cpu_collectives=FLAGS.cpu_collectives,
-    )
+    cli.start_run(argv)
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.ConfigError as e:

@@ -82,8 +82,10 @@ def test_logits_decode_to_consistent_instances():
 
 def _pq(pred_sem, pred_ins, true_sem, true_ins):
     metric = panoptic.PanopticQuality(num_classes=2, thing_classes=(1,))
-    metric.add_image(
-        np.asarray(pred_sem), np.asarray(pred_ins), np.asarray(true_sem), np.asarray(true_ins)
+    metric.update(
+        {"semantic": np.asarray(pred_sem)[None], "instance": np.asarray(pred_ins)[None]},
+        {"panoptic_semantic": np.asarray(true_sem)[None],
+         "panoptic_instance": np.asarray(true_ins)[None]},
     )
     return metric.result()
 

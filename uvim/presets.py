@@ -27,6 +27,36 @@ TASK_CLASSES = {"stage1": "uvim.tasks:Stage1Task", "stage2": "uvim.tasks:Stage2T
 PAPER_FSQ_LEVELS = (7, 5, 5, 5, 5)
 
 
+def paper_stage(*, learning_rate: float, weight_decay: float, total_steps: int,
+                batch_size: int, eval_every: int, grad_clip_norm: float | None = None,
+                evaluator_batches: int = 3) -> dict[str, Any]:
+    """One stage of a big_vision UViM config: adafactor, cosine schedule with 4k warmup."""
+    optimizer = {"name": "adafactor", "learning_rate": learning_rate,
+                 "weight_decay": weight_decay, "schedule": "cosine", "warmup_steps": 4_000}
+    if grad_clip_norm is not None:
+        optimizer["grad_clip_norm"] = grad_clip_norm
+    return {"optimizer": optimizer, "total_steps": total_steps, "batch_size": batch_size,
+            "eval_batch_size": 256, "log_every": 50, "eval_every": eval_every,
+            "images_every": 2_000, "checkpoint_every": 1_000, "eval_steps": 8,
+            "evaluator_batches": evaluator_batches}
+
+
+# Both stages of every tiny preset: 1,500 Adam steps on 32x32 scenes, minutes on a CPU.
+TINY_STAGE: dict[str, Any] = {
+    "optimizer": {"name": "adam", "learning_rate": 1e-3, "schedule": "cosine",
+                  "warmup_steps": 100, "grad_clip_norm": 1.0},
+    "total_steps": 1_500, "batch_size": 32, "eval_batch_size": 64,
+    "log_every": 50, "eval_every": 500, "images_every": 500, "checkpoint_every": 500,
+    "eval_steps": 4, "evaluator_batches": 8,
+}
+
+
+def tiny_preset(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The tiny preset of a task: 32x32 procedural scenes, `TINY_STAGE`, these task overrides."""
+    return {"data": {"source": "scenes", "image_size": 32}, "task": dict(task),
+            "stage1": TINY_STAGE, "stage2": TINY_STAGE}
+
+
 def parse_arg(arg: str | None) -> dict[str, Any]:
     """`"vq,paper,stage2,nosplit"` -> {"quantizer", "size", "stage", "ablations"}."""
     tokens = [t.strip() for t in (arg or "fsq,tiny").split(",") if t.strip()]

@@ -171,6 +171,25 @@ def check_index_range(indices: jax.Array, size: int, field: str = "indices") -> 
         host_check(indices)
 
 
+def validate_settings(levels: Sequence[int], shift: str, eps: float) -> None:
+    """Raises ValueError naming the bad FSQ setting (levels, shift mode or eps)."""
+    levels = validate_levels(levels)
+    if shift not in SHIFT_MODES:
+        raise ValueError(f"shift must be one of {SHIFT_MODES}, got {shift!r}")
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps must be in [0, 1), got {eps}")
+    _level_constants(levels, eps, shift)
+
+
+def check_last_dim(z: jax.Array, levels: Sequence[int]) -> None:
+    """Raises ValueError unless z's last axis has one channel per level."""
+    if z.ndim == 0 or z.shape[-1] != len(levels):
+        raise ValueError(
+            f"z last dimension must equal len(levels)={len(levels)} for levels "
+            f"{tuple(levels)}, got shape {z.shape}"
+        )
+
+
 class FSQ(nn.Module):
     """Finite Scalar Quantization.
 
@@ -189,12 +208,7 @@ class FSQ(nn.Module):
     compute_metrics: bool = True
 
     def __post_init__(self):
-        validate_levels(self.levels)
-        if self.shift not in SHIFT_MODES:
-            raise ValueError(f"shift must be one of {SHIFT_MODES}, got {self.shift!r}")
-        if not 0.0 <= self.eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1), got {self.eps}")
-        _level_constants(validate_levels(self.levels), self.eps, self.shift)
+        validate_settings(self.levels, self.shift, self.eps)
         super().__post_init__()
 
     @property
@@ -206,11 +220,7 @@ class FSQ(nn.Module):
         return len(self.levels)
 
     def _check_dim(self, z: jax.Array) -> None:
-        if z.ndim == 0 or z.shape[-1] != self.dim:
-            raise ValueError(
-                f"z last dimension must equal len(levels)={self.dim} for levels "
-                f"{tuple(self.levels)}, got shape {z.shape}"
-            )
+        check_last_dim(z, self.levels)
 
     def __call__(self, z: jax.Array, train: bool = False) -> QuantizerOutput:
         """Quantizes z: [..., len(levels)] -> QuantizerOutput (quantized in z's dtype)."""
@@ -281,11 +291,7 @@ class ResidualFSQ(nn.Module):
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if not 0.0 < self.scale_factor <= 1.0:
             raise ValueError(f"scale_factor must be in (0, 1], got {self.scale_factor}")
-        if self.shift not in SHIFT_MODES:
-            raise ValueError(f"shift must be one of {SHIFT_MODES}, got {self.shift!r}")
-        if not 0.0 <= self.eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1), got {self.eps}")
-        _level_constants(validate_levels(self.levels), self.eps, self.shift)
+        validate_settings(self.levels, self.shift, self.eps)
         super().__post_init__()
 
     @property
@@ -311,11 +317,7 @@ class ResidualFSQ(nn.Module):
         return (base**-stages).astype(np.float32)
 
     def _check_dim(self, z: jax.Array) -> None:
-        if z.ndim == 0 or z.shape[-1] != self.dim:
-            raise ValueError(
-                f"z last dimension must equal len(levels)={self.dim} for levels "
-                f"{tuple(self.levels)}, got shape {z.shape}"
-            )
+        check_last_dim(z, self.levels)
 
     def __call__(self, z: jax.Array, train: bool = False) -> QuantizerOutput:
         """z: [..., d] -> quantized [..., d] (z's dtype), indices int32 [..., num_stages]."""

@@ -38,7 +38,8 @@ class Run:
         return "" if step is None else os.path.join(self.workdir, "checkpoints", str(step))
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
+    """The parsed JSON file, or None when it is missing or unreadable (a run still in progress)."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -48,8 +49,8 @@ def _read_json(path: str) -> Any:
 
 def load_run(workdir: str) -> Run | None:
     """The run in `workdir`, or None when it has no readable config.json and results.json."""
-    config = _read_json(os.path.join(workdir, CONFIG_FILE))
-    results = _read_json(os.path.join(workdir, RESULTS_FILE))
+    config = read_json(os.path.join(workdir, CONFIG_FILE))
+    results = read_json(os.path.join(workdir, RESULTS_FILE))
     if not isinstance(config, dict) or not isinstance(results, dict):
         return None
     return Run(workdir, config, results)

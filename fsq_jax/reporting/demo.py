@@ -12,28 +12,17 @@ import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from fsq_jax.reporting import tables
+from fsq_jax.reporting import collect, tables
 
 QUANTIZER_LABELS = {"fsq": "FSQ", "vq": "VQ"}
 
 
 @dataclass(frozen=True)
-class StageRun:
-    """One finished training run: where it lives, how it was configured, what it measured."""
+class StageRun(collect.Run):
+    """A finished run whose `config` is the config spec the report shows (`file.py:args`)."""
 
-    workdir: str
     config: str
-    results: Mapping[str, Any]
-
-    def evaluator(self, key: str) -> float | None:
-        value = self.results.get("evaluators", {}).get(key)
-        return None if value is None else float(value)
-
-    def checkpoint(self) -> str:
-        step = self.results.get("step")
-        return os.path.join(self.workdir, "checkpoints", str(step)) if step is not None else ""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Command-line parsing shared by scripts/train.py and scripts/evaluate.py.
+"""Command-line flags and parsing shared by scripts/train.py and scripts/evaluate.py.
 
 `--config.field=value` overrides naming a field the config does not have fail with one line that
 names the override (ml_collections would otherwise raise a traceback from inside flag parsing).
@@ -12,9 +12,39 @@ import re
 import sys
 from collections.abc import Sequence
 
-from absl import flags
+from absl import app, flags
+from ml_collections import config_flags
+
+from fsq_jax.train import distributed
 
 _OVERRIDE = re.compile(r"^--?config\.([\w.]+)(=.*)?$")
+
+
+def define_run_flags(workdir_help: str) -> None:
+    """Defines --config, --workdir and the multi-host flags of a train/evaluate entry point."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. configs/autoencoder.py:fsq,tiny", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, workdir_help)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
+    flags.DEFINE_integer("process_id", None, "Index of this process (multi-host runs).")
+    flags.DEFINE_string("cpu_collectives", None,
+                        "CPU collectives for multi-process CPU runs: gloo.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def start_run(argv: Sequence[str]) -> None:
+    """Rejects stray arguments, quiets library logs and joins the multi-host run, if any."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
+    distributed.initialize(
+        flags.FLAGS.coordinator_address,
+        flags.FLAGS.num_processes,
+        flags.FLAGS.process_id,
+        cpu_collectives=flags.FLAGS.cpu_collectives,
+    )
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:

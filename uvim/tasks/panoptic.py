@@ -7,6 +7,7 @@ stuff and void). The canonical numbering makes the target a function of the segm
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fsq_jax.eval import panoptic as eval_panoptic
 from uvim.tasks.base import Batch, DenseTask, Metric, positive, softmax_cross_entropy
 
 NAME = "panoptic"
@@ -112,88 +114,26 @@ def panoptic_from_logits(semantic_logits: jax.Array, instance_logits: jax.Array
 
 
 class PanopticQuality(Metric):
-    """PQ, SQ, RQ (Kirillov et al. 2019) accumulated per class over images, then averaged.
+    """UViM's PQ, SQ, RQ in percent: `fsq_jax.eval.panoptic` (panopticapi's matching rules).
 
-    Segments are (class, instance) pairs; stuff classes form one segment per class and image.
-    A predicted and a true segment match when IoU > 0.5; void pixels are ignored, and
-    predicted segments that are mostly void are not counted as false positives.
+    Keys whose class subset is empty (e.g. `pq_things` with no thing segment) are left out
+    rather than reported as NaN, so logged curves stay finite.
     """
 
     def __init__(self, num_classes: int, thing_classes: tuple[int, ...]):
         self.num_classes = num_classes
-        self.things = np.zeros(num_classes, bool)
-        self.things[list(thing_classes)] = True
-        self.iou = np.zeros(num_classes)
-        self.tp = np.zeros(num_classes)
-        self.fp = np.zeros(num_classes)
-        self.fn = np.zeros(num_classes)
-
-    def add_image(self, pred_sem: np.ndarray, pred_ins: np.ndarray, true_sem: np.ndarray,
-                  true_ins: np.ndarray) -> None:
-        """One image: [H, W] semantic (-1 void) and instance maps of prediction and truth."""
-        big = int(max(pred_ins.max(initial=0), true_ins.max(initial=0))) + 1
-
-        def seg(sem, ins):
-            ins = np.where(self.things[np.clip(sem, 0, None)], ins, 0)
-            return np.where(sem >= 0, sem.astype(np.int64) * big + ins, -1)
-
-        pred, true = seg(pred_sem, pred_ins), seg(true_sem, true_ins)
-        void = true < 0
-        true_ids, true_area = np.unique(true[~void], return_counts=True)
-        pred_ids, pred_area = np.unique(pred[pred >= 0], return_counts=True)
-        pairs, inter = np.unique(np.stack([pred[~void], true[~void]], 1), axis=0,
-                                 return_counts=True)
-        true_area_of = dict(zip(true_ids.tolist(), true_area.tolist()))
-        pred_area_of = dict(zip(pred_ids.tolist(), pred_area.tolist()))
-        void_of_pred = {}
-        if void.any():
-            ids, counts = np.unique(pred[void], return_counts=True)
-            void_of_pred = dict(zip(ids.tolist(), counts.tolist()))
-        matched_pred, matched_true = set(), set()
-        for (p, t), n in zip(pairs.tolist(), inter.tolist()):
-            if p < 0 or p // big != t // big:
-                continue
-            union = pred_area_of[p] - void_of_pred.get(p, 0) + true_area_of[t] - n
-            iou = n / union
-            if iou > 0.5:
-                cls = t // big
-                self.tp[cls] += 1
-                self.iou[cls] += iou
-                matched_pred.add(p)
-                matched_true.add(t)
-        for t in true_ids.tolist():
-            if t not in matched_true:
-                self.fn[t // big] += 1
-        for p in pred_ids.tolist():
-            if p in matched_pred:
-                continue
-            if void_of_pred.get(p, 0) / pred_area_of[p] > 0.5:
-                continue
-            self.fp[p // big] += 1
+        self._quality = eval_panoptic.PanopticQuality(thing_classes)
 
     def update(self, prediction: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]
                ) -> None:
-        for i in range(len(prediction["semantic"])):
-            self.add_image(np.asarray(prediction["semantic"][i]),
-                           np.asarray(prediction["instance"][i]),
-                           np.asarray(batch["panoptic_semantic"][i]),
-                           np.asarray(batch["panoptic_instance"][i]))
+        self._quality.update(np.asarray(batch["panoptic_semantic"]),
+                             np.asarray(batch["panoptic_instance"]),
+                             np.asarray(prediction["semantic"]),
+                             np.asarray(prediction["instance"]))
 
     def result(self) -> dict[str, float]:
-        present = (self.tp + self.fp + self.fn) > 0
-        denom = np.maximum(self.tp + 0.5 * self.fp + 0.5 * self.fn, 1e-12)
-        sq = np.where(self.tp > 0, self.iou / np.maximum(self.tp, 1), 0.0)
-        rq = self.tp / denom
-        pq = sq * rq
-        out = {}
-        for name, subset in (("", present), ("_things", present & self.things),
-                             ("_stuff", present & ~self.things)):
-            if subset.any():
-                out["pq" + name] = float(100 * pq[subset].mean())
-                if not name:
-                    out["sq"] = float(100 * sq[subset].mean())
-                    out["rq"] = float(100 * rq[subset].mean())
-        return out
+        return {key: 100.0 * value for key, value in self._quality.result().items()
+                if not math.isnan(value)}
 
 
 class PanopticTask(DenseTask):
