@@ -47,12 +47,19 @@ def _batch(batch_size: int, image_size: int, num_classes: int) -> dict[str, jax.
     return sharding.shard_batch(host, mesh)
 
 
+def _emit(report: dict[str, Any], name: str) -> None:
+    """Prints one finished measurement at once, so a run cut short still reports it."""
+    print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
+
+
 def _train_rate(task: Any, batch: dict[str, jax.Array], steps: int, warmup: int
-                ) -> tuple[float, float | None]:
-    """(steps/s, XLA-counted FLOPs per step or None) of the task's jitted train step."""
+                ) -> tuple[float, float | None, float]:
+    """(steps/s, XLA-counted FLOPs per step or None, compile seconds) of the jitted train step."""
     state = jax.jit(task.init_state)(jax.random.key(0), batch)
     step = jax.jit(task.train_step, donate_argnums=(0,))
+    start = time.perf_counter()
     compiled = step.lower(state, batch, jax.random.key(1)).compile()
+    compile_seconds = time.perf_counter() - start
     try:
         analysis = compiled.cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
@@ -66,7 +73,7 @@ def _train_rate(task: Any, batch: dict[str, jax.Array], steps: int, warmup: int
         return metrics
 
     seconds = _time(run, steps, warmup)
-    return 1.0 / seconds, flops
+    return 1.0 / seconds, flops, compile_seconds
 
 
 def transformer_train_flops(task: Any, batch_size: int) -> float:
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample_batch", type=int, default=64)
     parser.add_argument("--peak_tflops", type=float, default=989.0,
                         help="accelerator peak bf16 TFLOP/s for MFU (H100 SXM dense: 989)")
-    parser.add_argument("--skip", default="", help="comma list of: tokenizer,transformer,sample")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: tokenizer,tokenizer_warmup,transformer,sample")
     args = parser.parse_args(argv)
 
     from configs.maskgit import tokenizer as tokenizer_configs
@@ -122,14 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         adversarial = config1.copy_and_resolve_references()
         adversarial.loss.discriminator_start = 0
         phases = {"tokenizer_train": tasks.TokenizerTask(adversarial)}
-        if config1.loss.discriminator_start > 0:
+        if config1.loss.discriminator_start > 0 and "tokenizer_warmup" not in skip:
             phases["tokenizer_train_warmup"] = stage1
         for name, task in phases.items():
-            rate, flops = _train_rate(task, batch, args.steps, args.warmup)
-            report[name] = {"batch": batch1, "steps_per_s": rate, "images_per_s": rate * batch1}
+            rate, flops, compile_s = _train_rate(task, batch, args.steps, args.warmup)
+            report[name] = {"batch": batch1, "steps_per_s": rate, "images_per_s": rate * batch1,
+                            "compile_s": compile_s}
             if flops:
                 report[name]["xla_flops_per_step"] = flops
                 report[name]["mfu_xla_flops"] = flops * rate / peak
+            _emit(report, name)
 
     generator = tokenizer_state.eval_params()["generator"]
     variables = {"params": generator, **{k: v for k, v in tokenizer_state.model_state.items()
@@ -137,14 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     stage2 = tasks.TransformerTask(config2, config1, variables)
     if "transformer" not in skip:
         batch = _batch(batch2, size, stage2.num_classes)
-        rate, flops = _train_rate(stage2, batch, args.steps, args.warmup)
+        rate, flops, compile_s = _train_rate(stage2, batch, args.steps, args.warmup)
         model_flops = transformer_train_flops(stage2, batch2)
         report["transformer_train"] = {"batch": batch2, "steps_per_s": rate,
                                        "tokens_per_s": rate * batch2 * stage2.seq_len,
                                        "model_flops_per_step": model_flops,
-                                       "mfu": model_flops * rate / peak}
+                                       "mfu": model_flops * rate / peak, "compile_s": compile_s}
         if flops:
             report["transformer_train"]["xla_flops_per_step"] = flops
+        _emit(report, "transformer_train")
 
     if "sample" not in skip:
         state = jax.jit(stage2.init_state)(jax.random.key(0), _batch(8, size, 1))
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                               "num_steps": int(config2.sampling.num_steps),
                               "guidance_scale": float(config2.sampling.guidance_scale),
                               "images_per_s": args.sample_batch / seconds}
+        _emit(report, "sampling")
     print(json.dumps(report, indent=2))
     return 0
 
