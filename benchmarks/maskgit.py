@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,17 +24,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
 
-def _time(fn: Callable[[], Any], steps: int, warmup: int) -> float:
-    """Seconds per call of `fn` (after `warmup` calls that include compilation)."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / steps
-
-
 def _batch(batch_size: int, image_size: int, num_classes: int) -> dict[str, jax.Array]:
     rng = np.random.default_rng(0)
     from fsq_jax.train import sharding
@@ -45,35 +32,6 @@ def _batch(batch_size: int, image_size: int, num_classes: int) -> dict[str, jax.
     host = {"image": rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8),
             "label": rng.integers(0, num_classes, (batch_size,), np.int32)}
     return sharding.shard_batch(host, mesh)
-
-
-def _emit(report: dict[str, Any], name: str) -> None:
-    """Prints one finished measurement at once, so a run cut short still reports it."""
-    print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
-
-
-def _train_rate(task: Any, batch: dict[str, jax.Array], steps: int, warmup: int
-                ) -> tuple[float, float | None, float]:
-    """(steps/s, XLA-counted FLOPs per step or None, compile seconds) of the jitted train step."""
-    state = jax.jit(task.init_state)(jax.random.key(0), batch)
-    step = jax.jit(task.train_step, donate_argnums=(0,))
-    start = time.perf_counter()
-    compiled = step.lower(state, batch, jax.random.key(1)).compile()
-    compile_seconds = time.perf_counter() - start
-    try:
-        analysis = compiled.cost_analysis()
-        analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
-        flops = float(analysis.get("flops", 0.0)) or None
-    except Exception:  # cost analysis is best effort on some backends
-        flops = None
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = compiled(holder["state"], batch, jax.random.key(1))
-        return metrics
-
-    seconds = _time(run, steps, warmup)
-    return 1.0 / seconds, flops, compile_seconds
 
 
 def transformer_train_flops(task: Any, batch_size: int) -> float:
@@ -100,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of: tokenizer,tokenizer_warmup,transformer,sample")
     args = parser.parse_args(argv)
 
+    from benchmarks import timing
     from configs.maskgit import tokenizer as tokenizer_configs
     from configs.maskgit import transformer as transformer_configs
     from maskgit import tasks
@@ -133,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         if config1.loss.discriminator_start > 0 and "tokenizer_warmup" not in skip:
             phases["tokenizer_train_warmup"] = stage1
         for name, task in phases.items():
-            rate, flops, compile_s = _train_rate(task, batch, args.steps, args.warmup)
+            rate, flops, compile_s = timing.train_rate(task, batch, args.steps, args.warmup)
             report[name] = {"batch": batch1, "steps_per_s": rate, "images_per_s": rate * batch1,
                             "compile_s": compile_s}
             if flops:
                 report[name]["xla_flops_per_step"] = flops
                 report[name]["mfu_xla_flops"] = flops * rate / peak
-            _emit(report, name)
+            timing.emit(report, name)
 
     generator = tokenizer_state.eval_params()["generator"]
     variables = {"params": generator, **{k: v for k, v in tokenizer_state.model_state.items()
@@ -147,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     stage2 = tasks.TransformerTask(config2, config1, variables)
     if "transformer" not in skip:
         batch = _batch(batch2, size, stage2.num_classes)
-        rate, flops, compile_s = _train_rate(stage2, batch, args.steps, args.warmup)
+        rate, flops, compile_s = timing.train_rate(stage2, batch, args.steps, args.warmup)
         model_flops = transformer_train_flops(stage2, batch2)
         report["transformer_train"] = {"batch": batch2, "steps_per_s": rate,
                                        "tokens_per_s": rate * batch2 * stage2.seq_len,
@@ -155,19 +114,19 @@ def main(argv: list[str] | None = None) -> int:
                                        "mfu": model_flops * rate / peak, "compile_s": compile_s}
         if flops:
             report["transformer_train"]["xla_flops_per_step"] = flops
-        _emit(report, "transformer_train")
+        timing.emit(report, "transformer_train")
 
     if "sample" not in skip:
         state = jax.jit(stage2.init_state)(jax.random.key(0), _batch(8, size, 1))
         sample = stage2.sample_fn(state)
         labels = np.arange(args.sample_batch, dtype=np.int32) % stage2.num_classes
-        seconds = _time(lambda: sample(labels, jax.random.key(0)), max(args.steps // 2, 2),
-                        args.warmup)
+        seconds = timing.seconds_per_call(lambda: sample(labels, jax.random.key(0)),
+                                          max(args.steps // 2, 2), args.warmup)
         report["sampling"] = {"batch": args.sample_batch,
                               "num_steps": int(config2.sampling.num_steps),
                               "guidance_scale": float(config2.sampling.guidance_scale),
                               "images_per_s": args.sample_batch / seconds}
-        _emit(report, "sampling")
+        timing.emit(report, "sampling")
     print(json.dumps(report, indent=2))
     return 0
 
