@@ -81,20 +81,37 @@ def tokenizer_evaluators(task: Any) -> list[Any]:
     return result
 
 
-def transformer_evaluators(task: Any) -> list[Any]:
-    """[sampling FID + precision + recall] (when enabled and the Inception weights exist)."""
-    config = task.config
+def _sampling_evaluator(config: ml_collections.ConfigDict, generate_fn: Any) -> Any:
+    """FID + precision + recall of `generate_fn`'s images against the training split."""
     num_images, batch_size = _check(config)
-    if not (config.evaluators.fid and _inception_available()):
-        return []
     train_images = _data_iter_fn(config, "train", batch_size, num_images)
-    return [eval_lib.FIDEvaluator(
+    return eval_lib.FIDEvaluator(
         name="sampling",
-        generate_fn=lambda state, batch, rng: task.sample_fn(state)(batch["label"], rng),
+        generate_fn=generate_fn,
         data_iter_fn=_data_iter_fn(config, "validation", batch_size, num_images),
         reference_key=reference_key(config, "train"), num_samples=num_images,
         reference_images_fn=lambda: (batch["image"] for batch in train_images()),
         compute_precision_recall=True,
         allow_singular=num_images <= inception.FEATURE_DIM,
         seed=int(config.seed),
-    )]
+    )
+
+
+def transformer_evaluators(task: Any) -> list[Any]:
+    """[sampling FID + precision + recall] (when enabled and the Inception weights exist)."""
+    config = task.config
+    _check(config)
+    if not (config.evaluators.fid and _inception_available()):
+        return []
+    return [_sampling_evaluator(
+        config, lambda state, batch, rng: task.sample_fn(state)(batch["label"], rng))]
+
+
+def real_images_baseline(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Sampling FID, precision and recall of real validation images in place of samples.
+
+    The best any generator can score under the same evaluation (same image count, same
+    reference): FID's small-sample bias and the noise of precision/recall at this size.
+    """
+    evaluator = _sampling_evaluator(config, lambda state, batch, rng: batch["image"])
+    return dict(evaluator.run(None))

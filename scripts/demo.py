@@ -10,6 +10,7 @@ are reused on a re-run; `--restart` starts over.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -55,6 +56,25 @@ def ensure_inception_weights() -> None:
         print(f"wrote {inception.convert()}", flush=True)
 
 
+def real_images_baseline(config, workdir: str, restart: bool) -> dict[str, float]:
+    """The real-images floor of the sampling metrics, computed once per image count."""
+    from maskgit import evaluation
+
+    path = os.path.join(workdir, "real_images_baseline.json")
+    num_images = int(config.evaluators.num_images)
+    if os.path.isfile(path) and not restart:
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("num_images") == num_images:
+            return stored
+    print(f"\n=== real images as samples ({num_images}): the floor of FID / precision / recall",
+          flush=True)
+    baseline = {"num_images": num_images, **evaluation.real_images_baseline(config)}
+    with open(path, "w") as f:
+        json.dump(baseline, f, indent=2)
+    return baseline
+
+
 def main(argv: list[str]) -> None:
     del argv
     from fsq_jax import quantizers
@@ -92,8 +112,9 @@ def main(argv: list[str]) -> None:
                                       run.transformer_results),
         )
 
+    baseline = real_images_baseline(transformer_config, workdir, _RESTART.value)
     pictures = demo.collect_pictures(runs, workdir)
-    report = demo.render(runs, pictures, timings, codebook_sizes=sizes)
+    report = demo.render(runs, pictures, timings, codebook_sizes=sizes, baseline=baseline)
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write(report)

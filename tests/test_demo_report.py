@@ -36,7 +36,7 @@ def _runs(root: str) -> dict[str, demo.QuantizerRuns]:
             root, f"{name}/tokenizer",
             {"reconstruction/fid": fid / 2, "codebook/usage": usage,
              "codebook/perplexity": 812.0, "codebook/entropy_bits": 9.66},
-            {"eval/mse": 0.0123},
+            {"eval/psnr": 25.482, "eval/reconstruction_l2": 0.0123},
             {"images/reconstructions_60.png": 10, "images/reconstructions_120.png": 20,
              "evaluation/codebook_histogram.png": 30},
         )
@@ -68,7 +68,7 @@ def test_report_tables_hold_the_measured_numbers(tmp_path):
     # The paper's rows stay beside ours.
     assert any(x.startswith("| MaskGIT FSQ (paper) |") for x in lines)
     tokenizer_row = next(x for x in lines if x.startswith("| FSQ | 1000 |"))
-    assert tokenizer_row == ("| FSQ | 1000 | 30.62 | 98.4% | 812.00 | 9.66 | 0.012 | "
+    assert tokenizer_row == ("| FSQ | 1000 | 30.62 | 98.4% | 812.00 | 9.66 | 25.48 | "
                              "`configs/maskgit/tokenizer.py:fsq,tiny` |")
     assert "| fsq (both stages) | 61 |" in lines
 
@@ -95,3 +95,12 @@ def test_missing_numbers_render_as_dashes(tmp_path):
     row = next(x for x in demo.render(runs, {}).splitlines()
                if x.startswith("| MaskGIT VQ (ours)"))
     assert row.startswith("| MaskGIT VQ (ours) | — | — | — | 61.1% |")
+
+
+def test_real_images_floor_is_reported(tmp_path):
+    runs = _runs(str(tmp_path / "runs"))
+    baseline = {"num_images": 256, "fid": 41.234, "precision": 0.75, "recall": 0.6875}
+    report = demo.render(runs, {}, baseline=baseline)
+    assert ("Real validation images scored exactly like the samples (256 images against the "
+            "same training reference) get FID 41.23, precision 0.750 and recall 0.688") in report
+    assert "Real validation images" not in demo.render(runs, {})

@@ -67,21 +67,20 @@ def tokenizer_table(runs: Mapping[str, QuantizerRuns],
     codebook_sizes = codebook_sizes or {}
     lines = [
         "| tokenizer | codebook size | reconstruction FID ↓ | usage | perplexity | "
-        "code entropy (bits) | eval MSE | source |",
+        "code entropy (bits) | eval PSNR (dB) | source |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, run in runs.items():
         stage = run.tokenizer
         size = codebook_sizes.get(name, "—")
-        eval_metrics = stage.results.get("eval", {})
-        mse = next((v for k, v in eval_metrics.items() if k.endswith("mse")), None)
+        psnr = stage.results.get("eval", {}).get("eval/psnr")
         lines.append(
             f"| {QUANTIZER_LABELS.get(name, name)} | {size} | "
             f"{tables.format_value(stage.evaluator('reconstruction/fid'), 'fid')} | "
             f"{tables.format_value(stage.evaluator('codebook/usage'), 'percent')} | "
             f"{tables.format_value(stage.evaluator('codebook/perplexity'), 'fid')} | "
             f"{tables.format_value(stage.evaluator('codebook/entropy_bits'), 'fid')} | "
-            f"{tables.format_value(mse, 'float')} | `{stage.config}` |"
+            f"{tables.format_value(psnr, 'fid')} | `{stage.config}` |"
         )
     return "\n".join(lines) + "\n"
 
@@ -117,10 +116,22 @@ def _first_existing(paths: list[str]) -> str | None:
     return sorted(paths)[0] if paths else None
 
 
+def baseline_sentence(baseline: Mapping[str, float]) -> str:
+    """Calibration line: real validation images scored exactly as the samples are."""
+    return (f"Real validation images scored exactly like the samples ({baseline['num_images']:.0f} "
+            f"images against the same training reference) get FID "
+            f"{tables.format_value(baseline.get('fid'), 'fid')}, precision "
+            f"{tables.format_value(baseline.get('precision'))} and recall "
+            f"{tables.format_value(baseline.get('recall'))}: the best any model can score here, "
+            "so read our rows against this floor.\n")
+
+
 def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
            timings: Mapping[str, float] | None = None,
-           codebook_sizes: Mapping[str, int] | None = None) -> str:
-    """The whole report as markdown."""
+           codebook_sizes: Mapping[str, int] | None = None,
+           baseline: Mapping[str, float] | None = None) -> str:
+    """The whole report as markdown; `baseline` is `real_images_baseline`'s result plus
+    `num_images`."""
     parts = [
         "# fsq-jax demo: FSQ vs VQ in MaskGIT on the procedural scenes",
         "",
@@ -130,6 +141,7 @@ def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
         "compare the FSQ/VQ gap and the codebook usage, not the absolute FID.",
         "",
         tables.maskgit_table(maskgit_rows(runs), title="MaskGIT (stage II) — paper layout"),
+        *([baseline_sentence(baseline)] if baseline else []),
         "### Tokenizers (stage I)",
         "",
         tokenizer_table(runs, codebook_sizes),
