@@ -40,6 +40,7 @@ class MaskGITRun:
     transformer_dir: str
     tokenizer_results: Mapping[str, Any]
     transformer_results: Mapping[str, Any]
+    reused: bool = False  # both stages were already finished: nothing was trained
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -129,9 +130,11 @@ def run_maskgit(tokenizer_config: ml_collections.ConfigDict,
     tokenizer_results = run_stage(tokenizer_config, tokenizer_dir, restart=restart)
     transformer_config = ml_collections.ConfigDict(transformer_config.to_dict())
     transformer_config.tokenizer_workdir = tokenizer_dir
+    reused = stage1_done and finished_results(transformer_config, transformer_dir) is not None
     transformer_results = run_stage(transformer_config, transformer_dir,
                                     restart=restart or not stage1_done)
-    return MaskGITRun(tokenizer_dir, transformer_dir, tokenizer_results, transformer_results)
+    return MaskGITRun(tokenizer_dir, transformer_dir, tokenizer_results, transformer_results,
+                      reused=reused)
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any,

@@ -1,5 +1,6 @@
 """The two-stage MaskGIT pipeline: config overrides, reuse of finished runs, stage wiring."""
 
+import dataclasses
 import json
 import os
 
@@ -135,10 +136,12 @@ def test_run_maskgit_wires_stage_two_to_stage_one(tmp_path, configs, fake_loop, 
     assert c1 is tokenizer and c2.tokenizer_workdir == run.tokenizer_dir
     assert transformer.tokenizer_workdir != run.tokenizer_dir  # the caller's config is untouched
     assert run.tokenizer_results["call"] == 1 and run.transformer_results["call"] == 2
+    assert not run.reused
     capsys.readouterr()
 
     again = pipeline.run_maskgit(tokenizer, transformer, str(tmp_path))
-    assert len(fake_loop.calls) == 2 and again == run
+    assert len(fake_loop.calls) == 2 and again.reused
+    assert dataclasses.replace(again, reused=False) == run
     assert capsys.readouterr().out.count("reusing") == 2
 
     # A retrained stage I invalidates stage II even though its config is unchanged.
