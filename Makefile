@@ -48,6 +48,7 @@ bench: $(EXTRA_STAMP)
 	$(PY) benchmarks/scenes.py
 	$(PY) benchmarks/inception.py
 	$(PY) benchmarks/maskgit.py
+	$(PY) benchmarks/uvim.py
 	$(PY) benchmarks/sharding.py
 
 clean-venv:
