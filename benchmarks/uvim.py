@@ -55,25 +55,23 @@ def main(argv: list[str] | None = None) -> int:
                               "device_kind": jax.devices()[0].device_kind,
                               "image_size": int(config1.data.image_size)}
 
+    def measure(name: str, task: Any) -> None:
+        rate, flops, compile_s = timing.train_rate(task, batch, args.steps, args.warmup)
+        report[name] = {"batch": batch_size, "steps_per_s": rate,
+                        "images_per_s": rate * batch_size, "compile_s": compile_s}
+        if flops:
+            report[name]["xla_tflops_per_s"] = flops * rate / 1e12
+        timing.emit(report, name)
+
     task1 = Stage1Task(config1)
     if "stage1" not in skip:
-        rate, flops, compile_s = timing.train_rate(task1, batch, args.steps, args.warmup)
-        report["stage1_train"] = {"batch": batch_size, "steps_per_s": rate,
-                                  "images_per_s": rate * batch_size, "compile_s": compile_s}
-        if flops:
-            report["stage1_train"]["xla_tflops_per_s"] = flops * rate / 1e12
-        timing.emit(report, "stage1_train")
+        measure("stage1_train", task1)
     if "stage2" not in skip:
         state1 = jax.jit(task1.init_state)(jax.random.key(0), batch)
         variables = {"params": state1.params["model"], **state1.model_state}
         task2 = Stage2Task(config2, stage1_run=(config1, variables))
         del state1
-        rate, flops, compile_s = timing.train_rate(task2, batch, args.steps, args.warmup)
-        report["stage2_train"] = {"batch": batch_size, "steps_per_s": rate,
-                                  "images_per_s": rate * batch_size, "compile_s": compile_s}
-        if flops:
-            report["stage2_train"]["xla_tflops_per_s"] = flops * rate / 1e12
-        timing.emit(report, "stage2_train")
+        measure("stage2_train", task2)
     print(json.dumps(report, indent=2))
     return 0
 
