@@ -74,6 +74,15 @@ def batch_metrics(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array
     }
 
 
+def quantizer_batch_metrics(indices: jax.Array, codebook_size: int,
+                            enabled: bool = True) -> dict[str, jax.Array]:
+    """`batch_metrics` as a quantizer reports them: empty when disabled or when the codebook is
+    above `MAX_BATCH_HISTOGRAM` (a per-step [K] histogram would cost more than the step)."""
+    if not enabled or codebook_size > MAX_BATCH_HISTOGRAM:
+        return {}
+    return batch_metrics(indices, codebook_size)
+
+
 # ----------------------------------------------------------------------------------------------
 # clu metrics: a [K] histogram that merges by addition, so per-step and per-device values combine.
 

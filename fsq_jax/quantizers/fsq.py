@@ -229,9 +229,8 @@ class FSQ(nn.Module):
         self._check_dim(z)
         codes, digits = fsq_quantize(z, self.levels, self.eps, self.shift)
         indices = digits_to_indices(digits, self.levels)
-        metrics = {}
-        if self.compute_metrics and self.codebook_size <= codebook_lib.MAX_BATCH_HISTOGRAM:
-            metrics = codebook_lib.batch_metrics(indices, self.codebook_size)
+        metrics = codebook_lib.quantizer_batch_metrics(indices, self.codebook_size,
+                                                       self.compute_metrics)
         return QuantizerOutput(
             quantized=codes.astype(z.dtype),
             indices=indices,
@@ -334,9 +333,8 @@ class ResidualFSQ(nn.Module):
             residual = residual - jax.lax.stop_gradient(stage)
             all_indices.append(digits_to_indices(digits, self.levels))
         indices = jnp.stack(all_indices, axis=-1)
-        metrics = {}
-        if self.compute_metrics and self.codebook_size <= codebook_lib.MAX_BATCH_HISTOGRAM:
-            metrics = codebook_lib.batch_metrics(indices, self.codebook_size)
+        metrics = codebook_lib.quantizer_batch_metrics(indices, self.codebook_size,
+                                                       self.compute_metrics)
         return QuantizerOutput(
             quantized=quantized.astype(z.dtype),
             indices=indices,

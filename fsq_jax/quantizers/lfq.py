@@ -134,8 +134,8 @@ class LFQ(nn.Module):
             "sample_entropy": sample_entropy,
             "codebook_entropy": codebook_entropy,
         }
-        if self.compute_metrics and self.codebook_size <= codebook_lib.MAX_BATCH_HISTOGRAM:
-            metrics.update(codebook_lib.batch_metrics(indices, self.codebook_size))
+        metrics.update(codebook_lib.quantizer_batch_metrics(indices, self.codebook_size,
+                                                            self.compute_metrics))
         return QuantizerOutput(
             quantized=quantized.astype(z.dtype),
             indices=indices,

@@ -273,8 +273,8 @@ class VQ(nn.Module):
 
         if update:
             self._update_state(flat_sg, indices, metrics)
-        if self.compute_metrics and self.codebook_size <= codebook_lib.MAX_BATCH_HISTOGRAM:
-            metrics.update(codebook_lib.batch_metrics(indices, self.codebook_size))
+        metrics.update(codebook_lib.quantizer_batch_metrics(indices, self.codebook_size,
+                                                            self.compute_metrics))
         return QuantizerOutput(
             quantized=quantized,
             indices=indices_out,
