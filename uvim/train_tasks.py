@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from fsq_jax import codebook, quantizers
+from fsq_jax.eval.codebook_report import CodeCounter
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.train import TrainState, optim
 from fsq_jax.train import default_config as loop_default_config
@@ -93,18 +94,18 @@ def _context_rgb(context: jax.Array) -> np.ndarray:
                    ).astype(np.uint8)
 
 
-class UsageCounter:
-    """Histogram of code indices over an evaluation, summarised as usage and perplexity."""
+def _comparison_grid(dense: Any, batch: Batch, prediction: Any) -> np.ndarray:
+    """Rows of input image | target | prediction, as the picture a person checks over training."""
+    columns = [_context_rgb(dense.context(batch)),
+               dense.visualize(_to_numpy(dense.ground_truth(batch))),
+               dense.visualize(_to_numpy(prediction))]
+    return image_grid(columns)
 
-    def __init__(self, codebook_size: int):
-        self.counts = np.zeros(codebook_size, np.int64)
 
-    def update(self, indices: np.ndarray) -> None:
-        self.counts += codebook.counts_from_indices(indices, len(self.counts))
-
-    def result(self, prefix: str) -> dict[str, float]:
-        summary = codebook.summary(self.counts)
-        return {f"{prefix}usage": summary["usage"], f"{prefix}perplexity": summary["perplexity"]}
+def _usage_metrics(counter: CodeCounter, prefix: str) -> dict[str, float]:
+    """`<prefix>usage` and `<prefix>perplexity` of the codes counted over an evaluation."""
+    return {f"{prefix}usage": codebook.usage(counter.counts),
+            f"{prefix}perplexity": codebook.perplexity(counter.counts)}
 
 
 class Stage1Task:
@@ -191,11 +192,7 @@ class Stage1Task:
         batch = jax.tree.map(lambda x: x[:_IMAGE_ROWS], batch)
         _, prediction, _ = self._reconstruct(state.eval_params()["model"], state.model_state,
                                              batch)
-        truth = self.dense.ground_truth(batch)
-        columns = [_context_rgb(self.dense.context(batch)),
-                   self.dense.visualize(_to_numpy(truth)),
-                   self.dense.visualize(_to_numpy(prediction))]
-        return {"input_target_reconstruction": image_grid(columns)}
+        return {"input_target_reconstruction": _comparison_grid(self.dense, batch, prediction)}
 
 
 class OracleEvaluator:
@@ -209,14 +206,14 @@ class OracleEvaluator:
     def run(self, state: TrainState) -> Iterator[tuple[str, float]]:
         task = self.task
         metric = task.dense.new_metric()
-        usage = UsageCounter(task.codebook_size)
+        usage = CodeCounter(task.codebook_size)
         params = state.eval_params()["model"]
         for batch in task.batches_fn():
             _, prediction, out = task._reconstruct(params, state.model_state, batch)
             metric.update(_to_numpy(prediction), batch)
             usage.update(np.asarray(out.indices))
         yield from metric.result().items()
-        yield from usage.result("codebook_").items()
+        yield from _usage_metrics(usage, "codebook_").items()
 
 
 def load_stage1(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
@@ -367,10 +364,7 @@ class Stage2Task:
     def images(self, state: TrainState, batch: Batch, rng: jax.Array) -> dict[str, np.ndarray]:
         batch = jax.tree.map(lambda x: x[:_IMAGE_ROWS], batch)
         prediction, _ = self.predict(state, batch, rng)
-        columns = [_context_rgb(self.dense.context(batch)),
-                   self.dense.visualize(_to_numpy(self.dense.ground_truth(batch))),
-                   self.dense.visualize(_to_numpy(prediction))]
-        return {"input_target_prediction": image_grid(columns)}
+        return {"input_target_prediction": _comparison_grid(self.dense, batch, prediction)}
 
 
 class Stage2Evaluator:
@@ -384,7 +378,7 @@ class Stage2Evaluator:
     def run(self, state: TrainState) -> Iterator[tuple[str, float]]:
         task = self.task
         metric, oracle = task.dense.new_metric(), task.dense.new_metric()
-        usage, oracle_usage = UsageCounter(task.codebook_size), UsageCounter(task.codebook_size)
+        usage, oracle_usage = CodeCounter(task.codebook_size), CodeCounter(task.codebook_size)
         params, frozen = state.eval_params()["stage2"], state.model_state["stage1"]
         matches, total = 0, 0
         for index, batch in enumerate(task.batches_fn()):
@@ -400,6 +394,6 @@ class Stage2Evaluator:
             total += int(np.asarray(tokens).size)
         yield from metric.result().items()
         yield from ((f"oracle_{k}", v) for k, v in oracle.result().items())
-        yield from usage.result("predicted_codebook_").items()
-        yield from oracle_usage.result("codebook_").items()
+        yield from _usage_metrics(usage, "predicted_codebook_").items()
+        yield from _usage_metrics(oracle_usage, "codebook_").items()
         yield "token_match", matches / max(total, 1)
