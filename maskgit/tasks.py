@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from fsq_jax import images as image_lib
 from fsq_jax import quantizers
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.train import optim
@@ -114,7 +115,7 @@ class TokenizerTask:
 
     # -- the Task protocol -------------------------------------------------------------------
     def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
-        images = tokenizer.images_to_float(batch["image"][:1])  # shapes only; keep init cheap
+        images = image_lib.to_float(batch["image"][:1])  # shapes only; keep init cheap
         g_rng, d_rng, q_rng = jax.random.split(rng, 3)
         variables = self.model.init({"params": g_rng, RNG_STREAM: q_rng}, images, train=True)
         d_params = self.discriminator.init(d_rng, images)["params"]
@@ -152,7 +153,7 @@ class TokenizerTask:
         With `loss.adversarial_weight = 0` the discriminator is never evaluated.
         """
         cfg = self.config.loss
-        real = tokenizer.images_to_float(batch["image"])
+        real = image_lib.to_float(batch["image"])
         adversarial = cfg.adversarial_weight > 0
         active = state.step >= cfg.discriminator_start
         gate = active.astype(jnp.float32)
@@ -239,12 +240,12 @@ class TokenizerTask:
         variables = self._generator_variables(
             state.eval_params()["generator"], state.model_state
         )
-        return self.model.apply(variables, tokenizer.images_to_float(images), train=False)
+        return self.model.apply(variables, image_lib.to_float(images), train=False)
 
     def eval_step(self, state: TrainState, batch: Batch, rng: jax.Array
                   ) -> dict[str, jax.Array]:
         del rng
-        real = tokenizer.images_to_float(batch["image"])
+        real = image_lib.to_float(batch["image"])
         recon, out = self.reconstruct(state, batch["image"])
         mse = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - real), axis=(1, 2, 3))
         psnr = jnp.mean(10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10)))  # range 2 -> peak^2 4
@@ -264,13 +265,13 @@ class TokenizerTask:
     @functools.cached_property
     def _jitted_tokenize(self) -> Callable[..., jax.Array]:
         return jax.jit(lambda variables, images: self.model.apply(
-            variables, tokenizer.images_to_float(images), method="tokenize"))
+            variables, image_lib.to_float(images), method="tokenize"))
 
     @functools.cached_property
     def _jitted_reconstruct(self) -> Callable[..., jax.Array]:
         def apply(variables, images):
-            recon, _ = self.model.apply(variables, tokenizer.images_to_float(images), train=False)
-            return tokenizer.float_to_images(recon)
+            recon, _ = self.model.apply(variables, image_lib.to_float(images), train=False)
+            return image_lib.to_uint8(recon)
 
         return jax.jit(apply)
 
@@ -426,7 +427,7 @@ class TransformerTask:
     def tokenize(self, tokenizer_variables: Any, images: jax.Array) -> jax.Array:
         """uint8 [B, H, W, 3] -> int32 tokens [B, N] (N = h * w), no gradient."""
         tokens = self.tokenizer.apply(
-            tokenizer_variables, tokenizer.images_to_float(images), method="tokenize"
+            tokenizer_variables, image_lib.to_float(images), method="tokenize"
         )
         return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], -1))
 
@@ -509,7 +510,7 @@ class TransformerTask:
         images = self.tokenizer.apply(
             tokenizer_variables, tokens.reshape(-1, *self.grid), method="decode_tokens"
         )
-        return tokenizer.float_to_images(images)
+        return image_lib.to_uint8(images)
 
     @functools.cached_property
     def _jitted_sampler(self) -> Callable[..., jax.Array]:

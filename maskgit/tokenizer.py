@@ -227,16 +227,6 @@ def token_grid(config: ml_collections.ConfigDict, image_size: int) -> tuple[int,
     return image_size // factor, image_size // factor
 
 
-def images_to_float(images: jax.Array) -> jax.Array:
-    """uint8 [..., 3] in [0, 255] -> float32 in [-1, 1]."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def float_to_images(x: jax.Array) -> jax.Array:
-    """float [..., 3] in ~[-1, 1] -> uint8 in [0, 255] (clipped, rounded)."""
-    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
 def param_count(params: Any) -> int:
     """Number of scalars in a params pytree (works on ShapeDtypeStructs too)."""
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
@@ -251,8 +241,6 @@ __all__: Sequence[str] = (
     "check_model_config",
     "default_model_config",
     "downsample_factor",
-    "float_to_images",
-    "images_to_float",
     "param_count",
     "token_grid",
 )

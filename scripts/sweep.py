@@ -181,13 +181,14 @@ def codebook_usage(tokenizer_dir: str, num_images: int, batch_size: int,
     import ml_collections
 
     from fsq_jax import codebook, data, quantizers
+    from fsq_jax import images as image_lib
     from maskgit import tasks, tokenizer
 
     config, variables = tasks.load_tokenizer(tokenizer_dir)
     config = ml_collections.ConfigDict(_as_tuples(config.to_dict()))
     model = tokenizer.build(config)
     size = quantizers.codebook_size(config.quantizer)
-    tokenize = jax.jit(lambda v, images: model.apply(v, tokenizer.images_to_float(images),
+    tokenize = jax.jit(lambda v, images: model.apply(v, image_lib.to_float(images),
                                                      method="tokenize"))
     counts = np.zeros(size, np.int64)
     batches = itertools.islice(data.build(config.data, split, batch_size, shuffle=False),

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 import ml_collections
 import numpy as np
 
+from fsq_jax import images as image_lib
 from uvim.tasks import build_dense_task
 
 
@@ -37,7 +38,7 @@ def baseline_prediction(config: ml_collections.ConfigDict, batch: Mapping[str, n
         shape = batch["panoptic_semantic"].shape
         return {"semantic": np.full(shape, int(statistics["background_class"]), np.int32),
                 "instance": np.zeros(shape, np.int32)}
-    gray = batch["gray"].astype(np.float32) / 127.5 - 1.0
+    gray = np.asarray(image_lib.to_float(batch["gray"]))
     return {"image": np.broadcast_to(gray, (*gray.shape[:-1], 3))}
 
 

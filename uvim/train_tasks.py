@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from fsq_jax import codebook, quantizers
+from fsq_jax import images as image_lib
 from fsq_jax.eval.codebook_report import CodeCounter
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.train import TrainState, optim
@@ -89,14 +90,9 @@ def image_grid(columns: Sequence[np.ndarray], min_size: int = 128) -> np.ndarray
     return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
 
 
-def _context_rgb(context: jax.Array) -> np.ndarray:
-    return np.clip(np.round((np.asarray(context, np.float32) + 1) * 127.5), 0, 255
-                   ).astype(np.uint8)
-
-
 def _comparison_grid(dense: Any, batch: Batch, prediction: Any) -> np.ndarray:
     """Rows of input image | target | prediction, as the picture a person checks over training."""
-    columns = [_context_rgb(dense.context(batch)),
+    columns = [np.asarray(image_lib.to_uint8(dense.context(batch))),
                dense.visualize(_to_numpy(dense.ground_truth(batch))),
                dense.visualize(_to_numpy(prediction))]
     return image_grid(columns)

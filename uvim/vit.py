@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 def to_patches(x: jax.Array, patch_size: int) -> jax.Array:
@@ -163,8 +162,3 @@ def resize_tokens(x: jax.Array, grid: tuple[int, int]) -> jax.Array:
     x = x.reshape(b, side, side, c)
     x = jax.image.resize(x, (b, grid[0], grid[1], c), method="linear")
     return x.reshape(b, grid[0] * grid[1], c)
-
-
-def standardize_image(image: jax.Array) -> jax.Array:
-    """uint8 [..., C] in [0, 255] -> float32 in [-1, 1] (UViM's value_range(-1, 1))."""
-    return image.astype(jnp.float32) / 127.5 - 1.0

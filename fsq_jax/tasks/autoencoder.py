@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from fsq_jax import quantizers
+from fsq_jax.images import to_float, to_uint8
 from fsq_jax.train import optim, sharding
 from fsq_jax.train.config import default_config as loop_default_config
 from fsq_jax.train.config_check import ConfigError
@@ -85,16 +86,6 @@ class Autoencoder(nn.Module):
         z = self.encode(images)
         out = self.quantizer(z, train=train)
         return self.decode(out.quantized), out
-
-
-def to_float(images: jax.Array) -> jax.Array:
-    """uint8 [..., 3] -> float32 in [-1, 1]."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-    """float in [-1, 1] -> uint8 (clipped)."""
-    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 class AutoencoderTask:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from uvim.vit import standardize_image
+from fsq_jax import images as image_lib
 
 Batch = Mapping[str, jax.Array]
 
@@ -41,7 +41,7 @@ class DenseTask(abc.ABC):
 
     def context(self, batch: Batch) -> jax.Array:
         """The input image the model conditions on: float32 [B, H, W, 3] in [-1, 1]."""
-        return standardize_image(batch["image"])
+        return image_lib.to_float(batch["image"])
 
     @abc.abstractmethod
     def loss(self, logits: Mapping[str, jax.Array], batch: Batch

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fsq_jax import images as image_lib
 from uvim.tasks.base import Batch, DenseTask, Metric
-from uvim.vit import standardize_image
 
 NAME = "colorization"
 
@@ -22,12 +22,6 @@ NAME = "colorization"
 def default_config() -> ml_collections.ConfigDict:
     """Colorization fields: whether the evaluator computes FID (needs the InceptionV3 weights)."""
     return ml_collections.ConfigDict({"name": NAME, "fid": True})
-
-
-def to_uint8(image: np.ndarray | jax.Array) -> np.ndarray:
-    """float [-1, 1] -> uint8 [0, 255]."""
-    image = np.asarray(image, np.float32)
-    return np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def psnr(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -49,7 +43,7 @@ class ColorizationMetric(Metric):
 
     def update(self, prediction: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]
                ) -> None:
-        predicted = to_uint8(prediction["image"])
+        predicted = np.asarray(image_lib.to_uint8(prediction["image"]))
         real = np.asarray(batch["image"], np.uint8)
         self.psnr.append(psnr(predicted, real))
         if self.fid:
@@ -78,15 +72,15 @@ class ColorizationTask(DenseTask):
         return {"color": 3}
 
     def targets(self, batch: Batch) -> dict[str, jax.Array]:
-        return {"color": standardize_image(batch["image"])}
+        return {"color": image_lib.to_float(batch["image"])}
 
     def context(self, batch: Batch) -> jax.Array:
-        gray = standardize_image(batch["gray"])
+        gray = image_lib.to_float(batch["gray"])
         return jnp.broadcast_to(gray, (*gray.shape[:-1], 3))
 
     def loss(self, logits: Mapping[str, jax.Array], batch: Batch
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        target = standardize_image(batch["image"])
+        target = image_lib.to_float(batch["image"])
         loss = jnp.mean(jnp.square(logits["color"].astype(jnp.float32) - target))
         return loss, {"loss_color": loss}
 
@@ -94,16 +88,16 @@ class ColorizationTask(DenseTask):
         return {"image": jnp.clip(logits["color"], -1.0, 1.0)}
 
     def ground_truth(self, batch: Batch) -> dict[str, jax.Array]:
-        return {"image": standardize_image(batch["image"])}
+        return {"image": image_lib.to_float(batch["image"])}
 
     def batch_metrics(self, prediction: Mapping[str, jax.Array], batch: Batch
                       ) -> dict[str, jax.Array]:
-        target = standardize_image(batch["image"])
+        target = image_lib.to_float(batch["image"])
         mse = jnp.mean(jnp.square((prediction["image"] - target) * 127.5))
         return {"psnr_batch": 10.0 * jnp.log10(255.0**2 / jnp.maximum(mse, 1e-10))}
 
     def visualize(self, output: Mapping[str, np.ndarray]) -> np.ndarray:
-        return to_uint8(output["image"])
+        return np.asarray(image_lib.to_uint8(output["image"]))
 
     def new_metric(self) -> ColorizationMetric:
         return ColorizationMetric(bool(self.config.fid))
