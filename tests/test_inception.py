@@ -239,3 +239,14 @@ def test_bad_inputs(extractor, tmp_path):
         torch.save({"x": torch.zeros(1)}, bogus)
         inception.convert(bogus, tmp_path)
     assert extractor(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, 2048)
+
+
+def test_extractors_share_one_compilation(extractor):
+    """Each evaluator builds its own extractor; the network must not be compiled again."""
+    images = np.random.default_rng(3).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    first = extractor(images)
+    compiled = inception._pool3._cache_size()
+    other = inception.FeatureExtractor(
+        batch_size=8, module_and_variables=(extractor.module, extractor.variables))
+    np.testing.assert_array_equal(other(images), first)
+    assert inception._pool3._cache_size() == compiled

@@ -14,6 +14,7 @@ the convolutions during conversion, so each convolution here has a bias.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import os
@@ -457,6 +458,13 @@ def check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _pool3(module: InceptionV3, variables: dict, images: jax.Array) -> jax.Array:
+    """Pool3 features; jitted once per module and shape, shared by every FeatureExtractor (each
+    evaluator builds its own extractor, and the network is costly to compile)."""
+    return module.apply(variables, images.astype(jnp.float32))
+
+
 class FeatureExtractor:
     """Jit-compiled pool3 features of uint8 images, batched to a fixed size.
 
@@ -473,9 +481,6 @@ class FeatureExtractor:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
         self.module, self.variables = module_and_variables or load(cache_dir)
         self.batch_size = batch_size
-        self._apply = jax.jit(
-            lambda variables, images: self.module.apply(variables, images.astype(jnp.float32))
-        )
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """images: uint8 `[N, H, W, 3]` -> float32 pool3 features `[N, 2048]`."""
@@ -488,7 +493,7 @@ class FeatureExtractor:
             if n < padded:
                 pad = np.zeros((padded - n, *chunk.shape[1:]), np.uint8)
                 chunk = np.concatenate([chunk, pad])
-            outputs.append(np.asarray(self._apply(self.variables, chunk))[:n])
+            outputs.append(np.asarray(_pool3(self.module, self.variables, chunk))[:n])
         if not outputs:
             return np.zeros((0, FEATURE_DIM), np.float32)
         return np.concatenate(outputs)
