@@ -73,6 +73,23 @@ def wait_for_step(process, step, timeout=300):
     raise AssertionError(f"never reached step {step}:\n{''.join(lines[-30:])}")
 
 
+def wait_for_committed_checkpoint(workdir, process, timeout=300):
+    """Waits until orbax has committed some step (renamed its temporary directory to the bare
+    step number). Saves are asynchronous: a kill while the first save is still in flight
+    rightly restarts from step 0, and there would be nothing to resume from."""
+    directory = Path(workdir) / "checkpoints"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if directory.is_dir() and any(p.name.isdigit() and p.is_dir()
+                                      for p in directory.iterdir()):
+            return
+        if process.poll() is not None:
+            raise AssertionError("the run ended before any checkpoint was committed")
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError(f"no checkpoint committed within {timeout} s")
+
+
 def final_params(workdir):
     _, tree = train.restore_latest(str(workdir))
     return tree
@@ -149,6 +166,7 @@ def test_kill_minus_9_then_restart_is_bit_identical(tmp_path):
     kill_at = random.Random().randint(5, 22)
     victim = start(tmp_path / "killed", *run, cache_dir=cache, devices=2)
     wait_for_step(victim, kill_at)
+    wait_for_committed_checkpoint(tmp_path / "killed", victim)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
     resumed = start(tmp_path / "killed", *run, cache_dir=cache, devices=2)
