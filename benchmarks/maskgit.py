@@ -4,7 +4,9 @@ Tiny preset on whatever is here (a laptop CPU):   python benchmarks/maskgit.py
 Paper preset with bf16 compute on a GPU / TPU:     python benchmarks/maskgit.py --paper
 The paper mode also reports model FLOPs utilisation (MFU) of each training step against the
 accelerator's peak bf16 rate (`--peak_tflops`, default: an H100 SXM's 989 dense TFLOP/s).
-Batches are synthetic (random pixels and labels): this measures the models, not the input.
+Batches are synthetic (random pixels and labels, or random codes standing for a token cache):
+this measures the models, not the input. `--variants` times the stage-II step again under
+`model.*` overrides (attention kernel, dropout generator) side by side in one run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,28 @@ def _batch(batch_size: int, image_size: int, num_classes: int) -> dict[str, jax.
     return sharding.shard_batch(host, mesh)
 
 
+def _token_batch(batch_size: int, seq_len: int, codebook_size: int, num_classes: int
+                 ) -> dict[str, jax.Array]:
+    """A stage-II batch as a token cache yields it: codes and labels, no pixels."""
+    rng = np.random.default_rng(0)
+    from fsq_jax.train import sharding
+
+    host = {"tokens": rng.integers(0, codebook_size, (batch_size, seq_len), np.int32),
+            "label": rng.integers(0, num_classes, (batch_size,), np.int32)}
+    return sharding.shard_batch(host, sharding.create_mesh())
+
+
+def _parse_variants(text: str) -> list[dict[str, str]]:
+    """'attention=xla;attention=cudnn,dropout_rng=rbg' -> [{...}, {...}] (model.* overrides)."""
+    variants = []
+    for chunk in filter(None, text.split(";")):
+        pairs = [item.split("=", 1) for item in chunk.split(",")]
+        if any(len(pair) != 2 for pair in pairs):
+            raise SystemExit(f"--variants: {chunk!r} is not field=value[,field=value]")
+        variants.append(dict(pairs))
+    return variants
+
+
 def transformer_train_flops(task: Any, batch_size: int) -> float:
     """Model FLOPs of one stage-II step: 3x the transformer's forward (forward + backward) plus
     the frozen tokenizer's encoder forward is not counted (it is not trained)."""
@@ -54,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample_batch", type=int, default=64)
     parser.add_argument("--peak_tflops", type=float, default=989.0,
                         help="accelerator peak bf16 TFLOP/s for MFU (H100 SXM dense: 989)")
+    parser.add_argument("--tokens", choices=("cache", "images", "both"), default="cache",
+                        help="stage-II input: cached tokens (no tokenizer in the step), images "
+                             "tokenised on the fly by the frozen encoder, or both measured")
+    parser.add_argument("--variants", default="",
+                        help="extra stage-II measurements with model.* overrides, e.g. "
+                             "'attention=xla;dropout_rng=rbg,attention=cudnn'")
     parser.add_argument("--skip", default="",
                         help="comma list of: tokenizer,tokenizer_warmup,transformer,sample")
     args = parser.parse_args(argv)
@@ -105,16 +135,30 @@ def main(argv: list[str] | None = None) -> int:
                                          if k == "quantizer_state"}}
     stage2 = tasks.TransformerTask(config2, config1, variables)
     if "transformer" not in skip:
-        batch = _batch(batch2, size, stage2.num_classes)
-        rate, flops, compile_s = timing.train_rate(stage2, batch, args.steps, args.warmup)
-        model_flops = transformer_train_flops(stage2, batch2)
-        report["transformer_train"] = {"batch": batch2, "steps_per_s": rate,
-                                       "tokens_per_s": rate * batch2 * stage2.seq_len,
-                                       "model_flops_per_step": model_flops,
-                                       "mfu": model_flops * rate / peak, "compile_s": compile_s}
-        if flops:
-            report["transformer_train"]["xla_flops_per_step"] = flops
-        timing.emit(report, "transformer_train")
+        inputs = {"cache": ["cache"], "images": ["images"], "both": ["cache", "images"]}
+        runs = [(f"transformer_train_{source}", source, {}) for source in inputs[args.tokens]]
+        runs += [("transformer_train_cache_" + ",".join(f"{k}={v}" for k, v in overrides.items()),
+                  "cache", overrides) for overrides in _parse_variants(args.variants)]
+        for name, source, overrides in runs:
+            config = config2.copy_and_resolve_references()
+            config.model.update(overrides)
+            task = tasks.TransformerTask(config, config1, variables)
+            batch = (_token_batch(batch2, task.seq_len, task.codebook_size, task.num_classes)
+                     if source == "cache" else _batch(batch2, size, task.num_classes))
+            try:
+                rate, flops, compile_s = timing.train_rate(task, batch, args.steps, args.warmup)
+            except Exception as error:  # e.g. a kernel this backend lacks: report, go on
+                report[name] = {"error": f"{type(error).__name__}: {str(error)[:500]}"}
+                timing.emit(report, name)
+                continue
+            model_flops = transformer_train_flops(task, batch2)
+            report[name] = {"batch": batch2, "input": source, "model": dict(config.model),
+                            "steps_per_s": rate, "tokens_per_s": rate * batch2 * task.seq_len,
+                            "model_flops_per_step": model_flops,
+                            "mfu": model_flops * rate / peak, "compile_s": compile_s}
+            if flops:
+                report[name]["xla_flops_per_step"] = flops
+            timing.emit(report, name)
 
     if "sample" not in skip:
         state = jax.jit(stage2.init_state)(jax.random.key(0), _batch(8, size, 1))

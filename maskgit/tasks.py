@@ -25,7 +25,7 @@ from fsq_jax import quantizers
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.train import optim
 from fsq_jax.train.state import TrainState
-from maskgit import decoding, discriminator, losses, masking, tokenizer, transformer
+from maskgit import decoding, discriminator, losses, masking, token_cache, tokenizer, transformer
 
 Batch = Mapping[str, jax.Array]
 
@@ -416,6 +416,8 @@ class TransformerTask:
             raise ValueError(
                 f"config.num_classes = {config.num_classes}: must be >= 1 (or 0: from the data)"
             )
+        if "token_cache" in config:
+            token_cache.check_config(config.token_cache)
 
     # -- frozen tokenizer --------------------------------------------------------------------
     def tokenizer_variables(self) -> dict[str, Any]:
@@ -430,6 +432,34 @@ class TransformerTask:
             tokenizer_variables, image_lib.to_float(images), method="tokenize"
         )
         return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], -1))
+
+    # -- input: images, or tokens from a cache ------------------------------------------------
+    def data_fn(self, data_config: ml_collections.ConfigDict, split: str, batch_size: int,
+                **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
+        """The loop's batches (`fsq_jax.data.build`'s signature): with `token_cache.dir` set,
+        the train split comes from the token cache (built on first use), else images."""
+        from fsq_jax import data
+
+        cache_dir = self.config.token_cache.dir if "token_cache" in self.config else ""
+        if split != "train" or not cache_dir:
+            return data.build(data_config, split, batch_size, **kwargs)
+        source = self.open_token_cache()
+        return data.batches(source, data_config, split, batch_size, **kwargs)
+
+    def open_token_cache(self, log: Callable[[str], None] = print
+                         ) -> token_cache.TokenCacheSource:
+        """The train tokens at `token_cache.dir`, tokenised now when the cache is absent."""
+        cfg = self.config.token_cache
+        variables = self.tokenizer_variables()
+        meta = token_cache.expected_meta(self.config.data, token_cache.fingerprint(variables),
+                                         self.grid, self.codebook_size, cfg.passes)
+        tokenize = functools.partial(_run_batch_sharded, self._jitted_tokenize, (variables,))
+        return token_cache.open_or_build(cfg.dir, self.config.data, tokenize, meta,
+                                         cfg.batch_size, log)
+
+    @functools.cached_property
+    def _jitted_tokenize(self) -> Callable[..., jax.Array]:
+        return jax.jit(self.tokenize)
 
     # -- the Task protocol -------------------------------------------------------------------
     def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
@@ -469,12 +499,21 @@ class TransformerTask:
                       "accuracy": jnp.sum(correct * weights) / count,
                       "mask_ratio": jnp.mean(weights)}
 
+    def batch_tokens(self, state: TrainState, batch: Batch) -> jax.Array:
+        """int32 tokens [B, N] of a batch: its "tokens" (from a token cache) when it has them,
+        else its "image" tokenised by the frozen stage I."""
+        if "tokens" in batch:
+            tokens = batch["tokens"].astype(jnp.int32)
+            return tokens.reshape(tokens.shape[0], -1)
+        return self.tokenize(state.model_state["tokenizer"], batch["image"])
+
     def train_step(self, state: TrainState, batch: Batch, rng: jax.Array
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Tokenise with the frozen stage I, mask, predict the masked tokens, update."""
-        tokens = self.tokenize(state.model_state["tokenizer"], batch["image"])
+        """Tokenise (or read cached tokens), mask, predict the masked tokens, update."""
+        tokens = self.batch_tokens(state, batch)
         mask_rng, dropout_rng = jax.random.split(rng)
         inputs, labels, mask = self._masked_inputs(tokens, batch["label"], mask_rng, True)
+        dropout_rng = transformer.dropout_key(dropout_rng, self.config.model)
 
         def loss_fn(params):
             logits = self.model.apply({"params": params}, inputs, labels, train=True,
@@ -488,7 +527,7 @@ class TransformerTask:
 
     def eval_step(self, state: TrainState, batch: Batch, rng: jax.Array
                   ) -> dict[str, jax.Array]:
-        tokens = self.tokenize(state.model_state["tokenizer"], batch["image"])
+        tokens = self.batch_tokens(state, batch)
         inputs, labels, mask = self._masked_inputs(tokens, batch["label"], rng, False)
         logits = self.model.apply({"params": state.eval_params()["transformer"]}, inputs,
                                   labels, train=False)

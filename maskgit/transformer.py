@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+DROPOUT_RNGS = ("threefry", "rbg")
 LAYERNORM_EPS = 1e-12  # BERT's, as MaskGIT
 
 
@@ -28,6 +30,12 @@ def default_model_config() -> ml_collections.ConfigDict:
             "dropout_rate": 0.1,
             "initializer_range": 0.02,
             "dtype": "float32",  # compute dtype; params stay float32
+            # Attention kernel: "xla" (any backend) or "cudnn" (fused flash attention; GPU with
+            # bfloat16 only). `benchmarks/maskgit.py --variants attention=cudnn` compares them.
+            "attention": "xla",
+            # Dropout bits: "threefry" (jax's default) or "rbg" (XLA's RngBitGenerator: on
+            # GPUs several times cheaper to draw; the dropout masks differ, their law does not).
+            "dropout_rng": "threefry",
         }
     )
 
@@ -49,6 +57,27 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.dropout_rate = {config.dropout_rate}: must be in [0, 1)")
     if config.dtype not in DTYPES:
         raise ValueError(f"model.dtype = {config.dtype!r}: one of {sorted(DTYPES)}")
+    if config.attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"model.attention = {config.attention!r}: one of {ATTENTION_IMPLEMENTATIONS}"
+        )
+    if config.attention == "cudnn" and config.dtype != "bfloat16":
+        raise ValueError("model.attention = 'cudnn' needs model.dtype = 'bfloat16'")
+    if config.dropout_rng not in DROPOUT_RNGS:
+        raise ValueError(f"model.dropout_rng = {config.dropout_rng!r}: one of {DROPOUT_RNGS}")
+
+
+def attention_implementation(config: ml_collections.ConfigDict) -> str | None:
+    """The `jax.nn.dot_product_attention` implementation for `model.attention` (None: XLA)."""
+    return "cudnn" if config.attention == "cudnn" else None
+
+
+def dropout_key(rng: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+    """The dropout stream's key from a step key, in the generator `model.dropout_rng` names."""
+    if config.dropout_rng == "threefry":
+        return rng
+    bits = jax.random.bits(rng, (4,), jnp.uint32)  # an rbg key is 4 words
+    return jax.random.wrap_key_data(bits, impl="rbg")
 
 
 def mask_token_id(codebook_size: int) -> int:
@@ -75,6 +104,7 @@ class SelfAttention(nn.Module):
     num_heads: int
     dtype: jnp.dtype
     kernel_init: nn.initializers.Initializer
+    implementation: str | None = None  # jax.nn.dot_product_attention's; None = XLA
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -85,7 +115,8 @@ class SelfAttention(nn.Module):
             name="qkv",
         )(x)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(query, key, value)
+        out = jax.nn.dot_product_attention(query, key, value,
+                                           implementation=self.implementation)
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype, kernel_init=self.kernel_init, name="out"
         )(out)
@@ -101,7 +132,7 @@ class EncoderLayer(nn.Module):
         config = self.config
         dtype = DTYPES[config.dtype]
         init = nn.initializers.truncated_normal(config.initializer_range)
-        y = SelfAttention(config.num_heads, dtype, init)(x)
+        y = SelfAttention(config.num_heads, dtype, init, attention_implementation(config))(x)
         y = nn.Dropout(config.dropout_rate, deterministic=not train)(y)
         x = nn.LayerNorm(epsilon=LAYERNORM_EPS, dtype=dtype, name="attention_ln")(x + y)
         y = nn.Dense(config.mlp_dim, dtype=dtype, kernel_init=init, name="mlp_in")(x)

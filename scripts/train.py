@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"training stopped: {e}")
     except train.CheckpointError as e:
         sys.exit(f"cannot resume: {e}")
-    except (FileNotFoundError, data.CorruptImageError) as e:  # e.g. a TFDS dataset not built
+    except (FileNotFoundError, data.DataError) as e:  # e.g. a TFDS dataset not built
         sys.exit(f"data error: {e}")
     if results["preempted"]:
         logging.warning(

@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The transformer experiment for `arg` = '<fsq|vq>,<tiny|paper>'."""
     from fsq_jax import train
     from fsq_jax.train import optim
-    from maskgit import decoding, transformer
+    from maskgit import decoding, token_cache, transformer
 
     quantizer, size = parse_arg(arg)
     config = train.default_config()
@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         }
     )
     config.loss = ml_collections.ConfigDict({"label_smoothing": 0.1})  # MaskGIT
+    # Pre-tokenised training tokens (token_cache.dir = a directory, built on first use): the
+    # frozen encoder then runs once per training image instead of inside every step.
+    config.token_cache = token_cache.default_config()
     config.sampling = decoding.default_config()
     # FSQ paper: best guidance weight 0.2 for FSQ, 0.1 for VQ (logits = c + w * (c - u)).
     config.sampling.guidance_scale = 0.2 if quantizer == "fsq" else 0.1

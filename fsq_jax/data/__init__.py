@@ -6,8 +6,10 @@ each source provides the keys it has), deterministic in (seed, split, step) and 
 """
 
 from fsq_jax.data import folder, preprocess, scenes, tfds_sources
+from fsq_jax.data.errors import DataError
 from fsq_jax.data.folder import CorruptImageError, FolderSource
 from fsq_jax.data.pipeline import (
+    batches,
     build,
     default_config,
     num_classes,
@@ -22,11 +24,13 @@ from fsq_jax.data.tfds_sources import VOID, DatasetNotPreparedError, PanopticCla
 __all__ = [
     "VOID",
     "CorruptImageError",
+    "DataError",
     "DatasetNotPreparedError",
     "FolderSource",
     "PanopticClasses",
     "SceneSource",
     "TfdsSource",
+    "batches",
     "build",
     "default_config",
     "folder",

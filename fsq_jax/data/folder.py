@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from fsq_jax.data.errors import DataError
+
 ON_CORRUPT = ("fail", "skip")
 # Split subfolders recognised under the root, e.g. root/train/<class>/x.jpg.
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
@@ -22,7 +24,7 @@ SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "test
 _logger = logging.getLogger(__name__)
 
 
-class CorruptImageError(OSError):
+class CorruptImageError(DataError):
     """An image file could not be read or decoded."""
 
 

@@ -152,6 +152,22 @@ def _split_seed(seed: int, split: str, purpose: str) -> int:
     return zlib.crc32(f"{seed}/{split}/{purpose}".encode()) & 0x7FFFFFFF
 
 
+def _check_stream_args(batch_size: int, start_step: int, process_index: int,
+                       process_count: int, num_epochs: int | None) -> None:
+    if batch_size < 1 or process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"build: need batch_size >= 1 and 0 <= process_index ({process_index}) < "
+            f"process_count ({process_count}); got batch_size={batch_size}"
+        )
+    if batch_size % process_count:
+        raise ValueError(f"build: batch_size {batch_size} is not divisible by process_count "
+                         f"{process_count}")
+    if start_step < 0:
+        raise ValueError(f"build: start_step = {start_step} must be >= 0")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"build: num_epochs = {num_epochs} must be >= 1 or None")
+
+
 def build(
     data_config: Any,
     split: str,
@@ -174,40 +190,56 @@ def build(
     `num_epochs=None` repeats forever, an integer stops after that many passes. A final partial
     global batch is dropped, so every batch has the same shape on every host.
     """
-    if batch_size < 1 or process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(
-            f"build: need batch_size >= 1 and 0 <= process_index ({process_index}) < "
-            f"process_count ({process_count}); got batch_size={batch_size}"
-        )
-    if batch_size % process_count:
-        raise ValueError(f"build: batch_size {batch_size} is not divisible by process_count "
-                         f"{process_count}")
-    if start_step < 0:
-        raise ValueError(f"build: start_step = {start_step} must be >= 0")
-    if num_epochs is not None and num_epochs < 1:
-        raise ValueError(f"build: num_epochs = {num_epochs} must be >= 1 or None")
+    _check_stream_args(batch_size, start_step, process_index, process_count, num_epochs)
     source = open_source(data_config, split)
-    is_train = split in TRAIN_SPLITS
-    if shuffle is None:
-        shuffle = bool(_field(data_config, "shuffle")) and is_train
-    seed = _field(data_config, "seed")
-    dataset = grain.MapDataset.source(source)
-    if shuffle:
-        dataset = dataset.shuffle(seed=_split_seed(seed, split, "shuffle"))
-    dataset = dataset.repeat(num_epochs)
+    preprocess_fn = None
     kind, _ = _source_kind(data_config)
     if kind != "scenes":
+        is_train = split in TRAIN_SPLITS
         size = _field(data_config, "image_size")
         mode = _field(data_config, "crop")
         if mode == "random" and not is_train:
             mode = "center"
         flip = bool(_field(data_config, "random_flip")) and is_train
 
-        def _preprocess(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+        def preprocess_fn(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
             do_flip = flip and bool(rng.integers(2))
             return preprocess.square_resize(example, size, mode, do_flip, rng)
 
-        dataset = dataset.random_map(_preprocess, seed=_split_seed(seed, split, "augment"))
+    return batches(source, data_config, split, batch_size, start_step=start_step,
+                   process_index=process_index, process_count=process_count, shuffle=shuffle,
+                   num_epochs=num_epochs, preprocess_fn=preprocess_fn)
+
+
+def batches(
+    source: Any,
+    data_config: Any,
+    split: str,
+    batch_size: int,
+    *,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool | None = None,
+    num_epochs: int | None = None,
+    preprocess_fn: Any = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """`build`'s stream over any random-access `source` (len, __getitem__ -> dict of arrays).
+
+    Same order, sharding over hosts and resumption as `build` (it is `build`'s second half), so
+    other example stores (e.g. a token cache) follow the data config's seed and shuffle.
+    `preprocess_fn(example, np_rng) -> example` runs per example with a seeded generator.
+    """
+    _check_stream_args(batch_size, start_step, process_index, process_count, num_epochs)
+    if shuffle is None:
+        shuffle = bool(_field(data_config, "shuffle")) and split in TRAIN_SPLITS
+    seed = _field(data_config, "seed")
+    dataset = grain.MapDataset.source(source)
+    if shuffle:
+        dataset = dataset.shuffle(seed=_split_seed(seed, split, "shuffle"))
+    dataset = dataset.repeat(num_epochs)
+    if preprocess_fn is not None:
+        dataset = dataset.random_map(preprocess_fn, seed=_split_seed(seed, split, "augment"))
     host_batch = batch_size // process_count
     dataset = dataset.batch(host_batch, drop_remainder=True)
     if num_epochs is not None:

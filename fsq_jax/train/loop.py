@@ -327,7 +327,8 @@ def train_and_evaluate(
       workdir: output directory (checkpoints/, metrics.csv, TensorBoard events, images/,
         config.json, results.json).
       task: an object following `fsq_jax.train.Task`.
-      data_fn: replaces `fsq_jax.data.build` (same signature), e.g. for synthetic data.
+      data_fn: replaces `fsq_jax.data.build` (same signature), e.g. for synthetic data;
+        default: the task's `data_fn` when it has one, else `fsq_jax.data.build`.
       mesh: device mesh with a `data` axis (default: every device, `sharding.create_mesh()`).
 
     Returns:
@@ -346,7 +347,8 @@ def train_and_evaluate(
     task = load_task(config) if task is None else task
     mesh = sharding_lib.create_mesh() if mesh is None else mesh
     validate_config(config, task, num_devices=mesh.devices.size)
-    data_fn = _default_data_fn() if data_fn is None else data_fn
+    if data_fn is None:  # a task may bring its own (e.g. stage II's token cache)
+        data_fn = getattr(task, "data_fn", None) or _default_data_fn()
     is_chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_chief:
@@ -615,7 +617,8 @@ def evaluate(
     task = load_task(config) if task is None else task
     mesh = sharding_lib.create_mesh() if mesh is None else mesh
     validate_config(config, task, num_devices=mesh.devices.size)
-    data_fn = _default_data_fn() if data_fn is None else data_fn
+    if data_fn is None:  # a task may bring its own (e.g. stage II's token cache)
+        data_fn = getattr(task, "data_fn", None) or _default_data_fn()
     init_rng, _, eval_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 4)
     batch = sharding_lib.shard_batch(
         next(_data_iterator(data_fn, config, "validation", config.eval_batch_size, mesh, 0)), mesh

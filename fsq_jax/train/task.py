@@ -41,6 +41,8 @@ class Task(Protocol):
         unknown keys and wrong types against it before compiling anything.
       `check_config(config) -> None`: raises `fsq_jax.train.ConfigError` (or ValueError) naming
         the field for impossible values (e.g. image size not divisible by the patch size).
+      `data_fn(data_config, split, batch_size, **kwargs)`: the task's own batches, with the
+        signature of `fsq_jax.data.build` (used unless the caller passes a `data_fn`).
     """
 
     def init_state(self, rng: jax.Array, batch: Batch) -> TrainState: ...
