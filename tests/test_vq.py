@@ -379,3 +379,34 @@ def test_sharded_training_step_matches_single_device():
         (sharded[0].quantized, sharded[0].loss, sharded[1], sharded[2]),
         (single[0].quantized, single[0].loss, single[1], single[2]),
     )
+
+
+def test_uvim_preset_splits_an_unused_code_after_460_batches_as_uvim():
+    """UViM: counts start at 1, decay 0.995, a code is dead below 0.1 discounted hits, i.e. after
+    ceil(log 0.1 / log 0.995) = 460 batches without a hit. The preset's usage EMA must agree."""
+    from configs.uvim import depth
+
+    preset = depth.get_config("vq,tiny").quantizer
+    config = quantizers.default_config("vq")
+    config.update(codebook_size=4, dim=3, compute_metrics=False, use_ema=True,
+                  split_codes=True, **{k: preset[k] for k in (
+                      "usage_decay", "usage_init", "dead_code_threshold", "ema_decay")})
+    vq = quantizers.build(config)
+    z = jnp.array([[1.0, 2.0, 3.0]] * 8)
+    far = [[1.0, 2.0, 3.0], [50.0, 0.0, 0.0], [0.0, 50.0, 0.0], [0.0, 0.0, 50.0]]
+    variables = _with_codebook(vq, _init(vq, z), far)
+
+    def step(state, _):
+        _, updated = vq.apply({**variables, STATE_COLLECTION: state}, z, train=True,
+                              mutable=[STATE_COLLECTION], rngs={RNG_STREAM: KEY})
+        return updated[STATE_COLLECTION], jnp.min(updated[STATE_COLLECTION]["usage"])
+
+    _, lowest = jax.jit(lambda s: jax.lax.scan(step, s, None, length=462))(
+        variables[STATE_COLLECTION])
+    lowest = np.asarray(lowest)
+    # Batch t (1-based) leaves an unused code at 5e-3 * 0.995^t: still alive at t = 459, split
+    # (so no code below the threshold afterwards, and usage re-spread) from t = 460 on.
+    expected_459 = 5e-3 * 0.995**459
+    np.testing.assert_allclose(lowest[458], expected_459, rtol=1e-4)
+    assert expected_459 > 5e-4 > 5e-3 * 0.995**460
+    assert lowest[459] > 5e-4 and lowest[461] > 5e-4

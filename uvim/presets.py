@@ -92,12 +92,13 @@ def _quantizer(name: str, size: str, ablations: set[str]) -> ml_collections.Conf
     # codewords, no commitment loss (w_commitment = 0), and splitting of the most used codeword
     # whenever one's discounted count drops below min_count = 0.1. UViM's discounted count is
     # sum_t 0.995^t n_t (steady state n / 0.005); our usage is an EMA (steady state n), so the
-    # same threshold is 0.1 * (1 - 0.995) = 5e-4.
+    # same threshold is 0.1 * (1 - 0.995) = 5e-4, and UViM's initial count of 1 is a usage of
+    # 1 - 0.995 = 5e-3 (so an unused code splits after ~460 steps, as in UViM, not ~1500).
     config.update(codebook_size=4096 if size == "paper" else 1024,
                   dim=768 if size == "paper" else 32,
                   beta=0.0, use_ema=True, ema_decay=0.995, l2_normalize=True,
                   split_codes="nosplit" not in ablations, usage_decay=0.995,
-                  dead_code_threshold=5e-4, split_perturbation=1e-3)
+                  dead_code_threshold=5e-4, usage_init=5e-3, split_perturbation=1e-3)
     return config
 
 

@@ -44,6 +44,7 @@ def _vq_fields() -> dict[str, Any]:
         "split_codes": False,
         "dead_code_threshold": 0.01,
         "usage_decay": 0.99,
+        "usage_init": 1.0,
         "split_perturbation": 1e-3,
         "entropy_weight": 0.0,
         "entropy_temperature": 0.01,

@@ -106,7 +106,9 @@ class VQ(nn.Module):
       split_codes: UViM's splitting: while a code's usage is below `dead_code_threshold`, replace
         the least used code by a perturbed copy of the most used one and halve their usage.
       dead_code_threshold: usage (EMA of per-batch hit counts) below which a code is dead.
-      usage_decay: decay of the usage EMA (starts at 1 hit per batch for every code).
+      usage_decay: decay of the usage EMA.
+      usage_init: every code's usage before the first batch (hits per batch). With 1 a code
+        unused from the start is dead after log(threshold) / log(usage_decay) batches.
       split_perturbation: relative multiplicative noise of a split copy.
       entropy_weight: weight of MaskGIT's entropy penalty (0 disables it).
       entropy_temperature: temperature of the soft assignment in the penalty.
@@ -127,6 +129,7 @@ class VQ(nn.Module):
     split_codes: bool = False
     dead_code_threshold: float = 0.01
     usage_decay: float = 0.99
+    usage_init: float = 1.0
     split_perturbation: float = 1e-3
     entropy_weight: float = 0.0
     entropy_temperature: float = 0.01
@@ -149,6 +152,7 @@ class VQ(nn.Module):
             "beta",
             "ema_epsilon",
             "dead_code_threshold",
+            "usage_init",
             "split_perturbation",
             "entropy_weight",
         ):
@@ -188,7 +192,8 @@ class VQ(nn.Module):
             )
         if self._tracks_usage:
             self.usage = self.variable(
-                STATE_COLLECTION, "usage", jnp.ones, (self.codebook_size,), jnp.float32
+                STATE_COLLECTION, "usage", lambda: jnp.full((self.codebook_size,),
+                                                            self.usage_init, jnp.float32)
             )
         if self.kmeans_init:
             self.initialized = self.variable(
