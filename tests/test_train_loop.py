@@ -244,3 +244,17 @@ def test_evaluate_writes_results(reference_run):
     assert results["step"] == 8
     stored = json.loads((workdir / "results.json").read_text())
     assert stored["eval"]["eval/mse"] == pytest.approx(results["eval"]["eval/mse"])
+
+
+def test_a_tasks_own_data_fn_feeds_the_loop_unless_one_is_passed(reference_run, tmp_path):
+    """A task's `data_fn` (e.g. stage II's token cache) replaces fsq_jax.data.build; the result
+    equals passing the same function explicitly."""
+
+    class OwnDataTask(PoisonTask):
+        data_fn = Data()
+
+    config = tiny_config()
+    results = train.train_and_evaluate(config, str(tmp_path), OwnDataTask(config))
+    reference_dir, reference = reference_run
+    assert results["train"] == reference["train"]
+    assert_trees_equal(saved(tmp_path)["params"], saved(reference_dir)["params"])
