@@ -57,24 +57,24 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.dropout_rate = {config.dropout_rate}: must be in [0, 1)")
     if config.dtype not in DTYPES:
         raise ValueError(f"model.dtype = {config.dtype!r}: one of {sorted(DTYPES)}")
-    if config.attention not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(
-            f"model.attention = {config.attention!r}: one of {ATTENTION_IMPLEMENTATIONS}"
-        )
-    if config.attention == "cudnn" and config.dtype != "bfloat16":
+    attention = config.get("attention", "xla")  # configs saved before the field existed
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"model.attention = {attention!r}: one of {ATTENTION_IMPLEMENTATIONS}")
+    if attention == "cudnn" and config.dtype != "bfloat16":
         raise ValueError("model.attention = 'cudnn' needs model.dtype = 'bfloat16'")
-    if config.dropout_rng not in DROPOUT_RNGS:
-        raise ValueError(f"model.dropout_rng = {config.dropout_rng!r}: one of {DROPOUT_RNGS}")
+    dropout_rng = config.get("dropout_rng", "threefry")
+    if dropout_rng not in DROPOUT_RNGS:
+        raise ValueError(f"model.dropout_rng = {dropout_rng!r}: one of {DROPOUT_RNGS}")
 
 
 def attention_implementation(config: ml_collections.ConfigDict) -> str | None:
     """The `jax.nn.dot_product_attention` implementation for `model.attention` (None: XLA)."""
-    return "cudnn" if config.attention == "cudnn" else None
+    return "cudnn" if config.get("attention", "xla") == "cudnn" else None
 
 
 def dropout_key(rng: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
     """The dropout stream's key from a step key, in the generator `model.dropout_rng` names."""
-    if config.dropout_rng == "threefry":
+    if config.get("dropout_rng", "threefry") == "threefry":
         return rng
     bits = jax.random.bits(rng, (4,), jnp.uint32)  # an rbg key is 4 words
     return jax.random.wrap_key_data(bits, impl="rbg")
