@@ -7,6 +7,7 @@ the restored step, so an interrupted and an uninterrupted run end with identical
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -389,21 +390,9 @@ def train_and_evaluate(
 
         writer = writers_lib.create_writer(workdir, start_step if restored else None, is_chief)
         try:
-            return _train(
-                config,
-                workdir,
-                task,
-                data_fn,
-                mesh,
-                state,
-                state_sharding,
-                start_step,
-                skipped,
-                checkpointer,
-                writer,
-                (train_rng, eval_rng, image_rng),
-                stop,
-            )
+            run = _RunContext(config, workdir, task, data_fn, mesh, state_sharding, checkpointer,
+                              writer, (train_rng, eval_rng, image_rng), stop)
+            return _train(run, state, start_step, skipped)
         finally:
             writer.flush()
             writer.close()
@@ -412,22 +401,29 @@ def train_and_evaluate(
         stop.__exit__()
 
 
-def _train(
-    config,
-    workdir,
-    task,
-    data_fn,
-    mesh,
-    state,
-    state_sharding,
-    start_step,
-    skipped,
-    checkpointer,
-    writer,
-    rngs,
-    stop,
-) -> dict[str, Any]:
-    train_rng, eval_rng, image_rng = rngs
+@dataclasses.dataclass(frozen=True)
+class _RunContext:
+    """What stays fixed while one run trains: its config, outputs, task, data, devices, rngs."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    task: Any
+    data_fn: DataFn
+    mesh: jax.sharding.Mesh
+    state_sharding: Any
+    checkpointer: Checkpointer
+    writer: Any
+    rngs: tuple[jax.Array, jax.Array, jax.Array]  # train, eval, images
+    stop: _StopSignal
+
+
+def _train(run: _RunContext, state: Any, start_step: int, skipped: int) -> dict[str, Any]:
+    """The step loop from `start_step` (with `skipped` updates so far) to `total_steps`."""
+    config, workdir, task, data_fn, mesh = (run.config, run.workdir, run.task, run.data_fn,
+                                            run.mesh)
+    checkpointer, writer, stop = run.checkpointer, run.writer, run.stop
+    train_rng, eval_rng, image_rng = run.rngs
+    state_sharding = run.state_sharding
     total = config.total_steps
     logging.info(
         "training %s: %d parameters on %d devices (%d processes), steps %d -> %d",
