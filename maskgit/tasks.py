@@ -443,8 +443,13 @@ class TransformerTask:
         cache_dir = self.config.token_cache.dir if "token_cache" in self.config else ""
         if split != "train" or not cache_dir:
             return data.build(data_config, split, batch_size, **kwargs)
-        source = self.open_token_cache()
-        return data.batches(source, data_config, split, batch_size, **kwargs)
+        return data.batches(self._token_source, data_config, split, batch_size, **kwargs)
+
+    @functools.cached_property
+    def _token_source(self) -> token_cache.TokenCacheSource:
+        """Opened (or built) once per task: the loop asks for the train split more than once,
+        and checking the cache hashes every tokenizer variable."""
+        return self.open_token_cache()
 
     def open_token_cache(self, log: Callable[[str], None] = print
                          ) -> token_cache.TokenCacheSource:

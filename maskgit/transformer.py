@@ -40,6 +40,11 @@ def default_model_config() -> ml_collections.ConfigDict:
     )
 
 
+def _field(config: ml_collections.ConfigDict, name: str) -> object:
+    """`config[name]`, or its default for configs saved before the field existed."""
+    return config[name] if name in config else default_model_config()[name]
+
+
 def check_model_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad `model.*` field."""
     unknown = sorted(set(config.keys()) - set(default_model_config().keys()))
@@ -57,24 +62,24 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.dropout_rate = {config.dropout_rate}: must be in [0, 1)")
     if config.dtype not in DTYPES:
         raise ValueError(f"model.dtype = {config.dtype!r}: one of {sorted(DTYPES)}")
-    attention = config.get("attention", "xla")  # configs saved before the field existed
+    attention = _field(config, "attention")
     if attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"model.attention = {attention!r}: one of {ATTENTION_IMPLEMENTATIONS}")
     if attention == "cudnn" and config.dtype != "bfloat16":
         raise ValueError("model.attention = 'cudnn' needs model.dtype = 'bfloat16'")
-    dropout_rng = config.get("dropout_rng", "threefry")
+    dropout_rng = _field(config, "dropout_rng")
     if dropout_rng not in DROPOUT_RNGS:
         raise ValueError(f"model.dropout_rng = {dropout_rng!r}: one of {DROPOUT_RNGS}")
 
 
 def attention_implementation(config: ml_collections.ConfigDict) -> str | None:
     """The `jax.nn.dot_product_attention` implementation for `model.attention` (None: XLA)."""
-    return "cudnn" if config.get("attention", "xla") == "cudnn" else None
+    return "cudnn" if _field(config, "attention") == "cudnn" else None
 
 
 def dropout_key(rng: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
     """The dropout stream's key from a step key, in the generator `model.dropout_rng` names."""
-    if config.get("dropout_rng", "threefry") == "threefry":
+    if _field(config, "dropout_rng") == "threefry":
         return rng
     bits = jax.random.bits(rng, (4,), jnp.uint32)  # an rbg key is 4 words
     return jax.random.wrap_key_data(bits, impl="rbg")
