@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks import timing
-    from configs.maskgit import tokenizer as tokenizer_configs
-    from configs.maskgit import transformer as transformer_configs
+    from fsq_jax import config_lib
+    from fsq_jax.train import frozen_from_variables
     from maskgit import tasks
 
     preset = f"{args.quantizer},{'paper' if args.paper else 'tiny'}"
-    config1 = tokenizer_configs.get_config(preset)
-    config2 = transformer_configs.get_config(preset)
+    config1 = config_lib.load(f"maskgit/tokenizer.py:{preset}")
+    config2 = config_lib.load(f"maskgit/transformer.py:{preset}")
     if args.paper:
         config1.model.dtype = "bfloat16"
         config2.model.dtype = "bfloat16"
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     generator = tokenizer_state.eval_params()["generator"]
     variables = {"params": generator, **{k: v for k, v in tokenizer_state.model_state.items()
                                          if k == "quantizer_state"}}
-    stage2 = tasks.TransformerTask(config2, config1, variables)
+    frozen = frozen_from_variables(config1, "generator", variables)
+    stage2 = tasks.TransformerTask(config2, frozen=frozen)
     if "transformer" not in skip:
         inputs = {"cache": ["cache"], "images": ["images"], "both": ["cache", "images"]}
         runs = [(f"transformer_train_{source}", source, {}) for source in inputs[args.tokens]]
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, source, overrides in runs:
             config = config2.copy_and_resolve_references()
             config.model.update(overrides)
-            task = tasks.TransformerTask(config, config1, variables)
+            task = tasks.TransformerTask(config, frozen=frozen)
             batch = (_token_batch(batch2, task.seq_len, task.codebook_size, task.num_classes)
                      if source == "cache" else _batch(batch2, size, task.num_classes))
             try:

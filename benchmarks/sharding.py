@@ -19,7 +19,7 @@ import time
 
 import jax
 
-from configs import autoencoder as autoencoder_config
+from fsq_jax import config_lib
 from fsq_jax.tasks.autoencoder import AutoencoderTask
 from fsq_jax.tasks.synthetic import smooth_images
 from fsq_jax.train import sharding
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--preset", default="fsq,small")
     args = parser.parse_args()
-    config = autoencoder_config.get_config(args.preset)
+    config = config_lib.load(f"autoencoder.py:{args.preset}")
     devices = jax.devices()
     print(
         f"task: autoencoder {args.preset}, global batch {config.batch_size}, "

@@ -9,7 +9,6 @@ swapped for them), so no dataset is needed; stage II runs on a freshly initialis
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -35,14 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks import timing
-    from fsq_jax import data
-    from fsq_jax.train import sharding
+    from fsq_jax import config_lib, data
+    from fsq_jax.train import frozen_from_variables, sharding
     from uvim.tasks import Stage1Task, Stage2Task
 
-    configs = importlib.import_module(f"configs.uvim.{args.task}")
     preset = f"{args.quantizer},{'paper' if args.paper else 'tiny'}"
-    config1 = configs.get_config(preset)
-    config2 = configs.get_config(preset + ",stage2")
+    config1 = config_lib.load(f"uvim/{args.task}.py:{preset}")
+    config2 = config_lib.load(f"uvim/{args.task}.py:{preset},stage2")
     for config in (config1, config2):
         config.data.source = "scenes"
     batch_size = args.batch or config1.batch_size
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if "stage2" not in skip:
         state1 = jax.jit(task1.init_state)(jax.random.key(0), batch)
         variables = {"params": state1.params["model"], **state1.model_state}
-        task2 = Stage2Task(config2, stage1_run=(config1, variables))
+        task2 = Stage2Task(config2, frozen=frozen_from_variables(config1, "model", variables))
         del state1
         measure("stage2_train", task2)
     print(json.dumps(report, indent=2))

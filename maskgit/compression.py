@@ -11,9 +11,7 @@ codebook entries only, never the special tokens).
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -116,16 +114,6 @@ def uniform_bits(seq_len: int, codebook_size: int) -> float:
     return float(seq_len * math.log2(codebook_size))
 
 
-def _read_config(workdir: str) -> Any:
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise ValueError(f"tokenizer_workdir = {workdir!r}: no config.json (train stage I first)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def evaluate_workdir(transformer_workdir: str, *, num_images: int = 0, batch_size: int = 0,
                      num_steps: int = 0, order: str = "random", seed: int = 0,
                      split: str = "validation") -> dict[str, float]:
@@ -148,20 +136,16 @@ def evaluate_workdir(transformer_workdir: str, *, num_images: int = 0, batch_siz
     import itertools
 
     from fsq_jax import data
-    from fsq_jax.train import restore_latest
     from maskgit import tasks
 
     if order not in ORDERS:
         raise ValueError(f"order = {order!r}: one of {ORDERS}")
     try:
-        config, restored = restore_latest(transformer_workdir)
+        task, restored = tasks.TransformerTask.from_workdir(transformer_workdir)
     except FileNotFoundError as error:
         raise ValueError(f"transformer_workdir = {transformer_workdir!r}: {error}") from None
-    if "tokenizer" not in (restored.get("model_state") or {}):
-        raise ValueError(f"transformer_workdir = {transformer_workdir!r}: not a MaskGIT "
-                         "transformer run (no frozen tokenizer in its checkpoint)")
-    frozen = restored["model_state"]["tokenizer"]
-    task = tasks.TransformerTask(config, _read_config(config.tokenizer_workdir), frozen)
+    config = task.config
+    frozen = task.tokenizer_variables()
     params = (restored["ema_params"] or restored["params"])["transformer"]
     num_images = int(num_images or config.evaluators.num_images)
     batch_size = int(batch_size or config.evaluators.batch_size)

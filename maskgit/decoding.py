@@ -12,49 +12,35 @@ the null class. scale = 0 is the purely conditional model; the FSQ paper's "guid
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fsq_jax.config_lib import require
 from maskgit import masking
 
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`sampling.*` fields (MaskGIT's: 12 steps, cosine, choice temperature 4.5)."""
-    return ml_collections.ConfigDict(
-        {
-            "num_steps": 12,
-            "schedule": "cosine",
-            "choice_temperature": 4.5,  # Gumbel noise scale on confidences at step 0, -> 0
-            "temperature": 1.0,  # softmax temperature of token sampling
-            "guidance_scale": 0.2,  # logits = cond + scale * (cond - uncond); 0 = no guidance
-        }
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """`sampling.*`: MaskGIT's parallel decoding (google-research/maskgit `libml/parallel_decode.py`
+    and `configs/maskgit_class_cond_config.py`: 12 steps, cosine, choice temperature 4.5)."""
 
+    num_steps: int
+    schedule: masking.Schedule
+    choice_temperature: float  # Gumbel noise scale on confidences at step 0, annealed to 0
+    temperature: float  # softmax temperature of token sampling
+    guidance_scale: float  # logits = cond + scale * (cond - uncond); 0 = no guidance
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad `sampling.*` field."""
-    unknown = sorted(set(config.keys()) - set(default_config().keys()))
-    if unknown:
-        raise ValueError(
-            f"sampling.{unknown[0]}: unknown field; allowed {sorted(default_config())}"
-        )
-    if config.num_steps < 1:
-        raise ValueError(f"sampling.num_steps = {config.num_steps}: must be >= 1")
-    if config.schedule not in masking.SCHEDULES:
-        raise ValueError(f"sampling.schedule = {config.schedule!r}: one of {masking.SCHEDULES}")
-    if config.choice_temperature < 0:
-        raise ValueError(
-            f"sampling.choice_temperature = {config.choice_temperature}: must be >= 0"
-        )
-    if not config.temperature > 0:
-        raise ValueError(f"sampling.temperature = {config.temperature}: must be > 0")
-    if config.guidance_scale < 0:
-        raise ValueError(f"sampling.guidance_scale = {config.guidance_scale}: must be >= 0")
+    def __post_init__(self):
+        require(self.num_steps >= 1, "num_steps", "must be >= 1")
+        require(self.choice_temperature >= 0, "choice_temperature", "must be >= 0")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.guidance_scale >= 0, "guidance_scale", "must be >= 0")
 
 
 def guided_logits(cond: jax.Array, uncond: jax.Array, scale: float | jax.Array) -> jax.Array:
@@ -164,7 +150,6 @@ def sample_tokens(
     A guidance scale of exactly 0 skips the unconditional pass (identical result, half the work).
     Returns int32 [B, N].
     """
-    check_config(config)
     scale = float(config.guidance_scale)
     fn = guided_logits_fn(logits_fn, null_class, scale if scale != 0.0 else None)
     return decode(

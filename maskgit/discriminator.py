@@ -7,6 +7,7 @@ one logit per image. Widths follow StyleGAN's table (512 at <= 32 px, halving ab
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -15,33 +16,28 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fsq_jax.config_lib import require
+
 _BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
 _DEFAULT_INIT = nn.initializers.xavier_uniform()
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Discriminator fields (MaskGIT's defaults at 256x256)."""
-    return ml_collections.ConfigDict(
-        {
-            "channel_multiplier": 1.0,  # StyleGAN width table x this
-            "max_filters": 512,
-            "blur_resample": True,  # False: 2x2 average pooling
-            "leaky_slope": 0.2,
-        }
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DiscriminatorConfig:
+    """`discriminator.*`: StyleGAN's width table scaled and capped (MaskGIT's at 256x256)."""
+
+    channel_multiplier: float  # StyleGAN width table x this
+    max_filters: int
+    blur_resample: bool  # False: 2x2 average pooling
+    leaky_slope: float
+
+    def __post_init__(self):
+        require(self.channel_multiplier > 0, "channel_multiplier", "must be > 0")
+        require(self.max_filters >= 1, "max_filters", "must be >= 1")
 
 
-def check_config(config: ml_collections.ConfigDict, image_size: int) -> None:
-    """Raises ValueError naming the bad `discriminator.*` field (or data.image_size)."""
-    unknown = sorted(set(config.keys()) - set(default_config().keys()))
-    if unknown:
-        raise ValueError(f"discriminator.{unknown[0]}: unknown field")
-    if not config.channel_multiplier > 0:
-        raise ValueError(
-            f"discriminator.channel_multiplier = {config.channel_multiplier}: must be > 0"
-        )
-    if config.max_filters < 1:
-        raise ValueError(f"discriminator.max_filters = {config.max_filters}: must be >= 1")
+def check_image_size(image_size: int) -> None:
+    """ValueError naming `data.image_size` unless it is a power of two >= 8."""
     if image_size < 8 or image_size & (image_size - 1):
         raise ValueError(
             f"data.image_size = {image_size}: the discriminator needs a power of two >= 8"
@@ -115,7 +111,7 @@ class Discriminator(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         config = self.config
         size = x.shape[1]
-        check_config(config, size)
+        check_image_size(size)
         act = lambda y: nn.leaky_relu(y, config.leaky_slope)
         x = act(nn.Conv(filters_at(config, size), (3, 3), kernel_init=_DEFAULT_INIT)(x))
         resolution = size

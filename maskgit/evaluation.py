@@ -2,35 +2,50 @@
 
 Stage I: reconstruction FID (reconstructions of validation images against those images) and
 codebook usage. Stage II: sampling FID, precision and recall of class-conditional samples (labels
-drawn from the validation stream) against the training split, as the FSQ paper evaluates.
+from the validation stream) against the training split, as the FSQ paper evaluates. Batches,
+devices and randomness come from the loop's `EvalContext`.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Iterator
+import dataclasses
 from typing import Any
 
 import ml_collections
-import numpy as np
+from absl import logging
 
 from fsq_jax import quantizers
+from fsq_jax.config_lib import require
 from fsq_jax.eval import evaluators as eval_lib
 from fsq_jax.eval import inception
 
 
-def _data_iter_fn(config: ml_collections.ConfigDict, split: str, batch_size: int,
-                  num_images: int):
-    """A finite stream of ceil(num_images / batch_size) batches of `split`, always the same."""
-    from fsq_jax import data
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenizerEvaluators:
+    """`evaluators.*` of stage I."""
 
-    steps = math.ceil(num_images / batch_size)
+    fid: bool  # reconstruction FID (needs the Inception weights: `make inception`)
+    usage: bool  # codebook usage over the evaluation images
+    num_images: int
+    batch_size: int
+    out_dir: str  # where the usage histogram PNG and counts go ("" = not written)
 
-    def iterate() -> Iterator[dict[str, np.ndarray]]:
-        return itertools.islice(data.build(config.data, split, batch_size, shuffle=False), steps)
+    def __post_init__(self):
+        require(self.num_images >= 2, "num_images", "must be >= 2")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
-    return iterate
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerEvaluators:
+    """`evaluators.*` of stage II."""
+
+    fid: bool  # sampling FID, precision, recall (needs `make inception`)
+    num_images: int
+    batch_size: int
+
+    def __post_init__(self):
+        require(self.num_images >= 2, "num_images", "must be >= 2")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
 def reference_key(config: ml_collections.ConfigDict, split: str) -> str:
@@ -39,79 +54,66 @@ def reference_key(config: ml_collections.ConfigDict, split: str) -> str:
     return f"maskgit/{source}-seed{config.data.seed}/{split}/{config.data.image_size}"
 
 
-def _check(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    num_images = int(config.evaluators.num_images)
-    batch_size = int(config.evaluators.batch_size)
-    if num_images < 2:
-        raise ValueError(f"evaluators.num_images = {num_images}: must be >= 2")
-    if batch_size < 1:
-        raise ValueError(f"evaluators.batch_size = {batch_size}: must be >= 1")
-    return num_images, batch_size
-
-
-def _inception_available() -> bool:
+def inception_available(config: ml_collections.ConfigDict) -> bool:
+    """Whether FID can run; when it is on but the weights are missing, says so once."""
+    if not config.evaluators.fid:
+        return False
     try:
         inception.load()
     except FileNotFoundError:
+        logging.warning("evaluators.fid is on but the InceptionV3 weights are missing: FID, "
+                        "precision and recall are skipped. Run `make inception` once to "
+                        "convert them (or set --config.evaluators.fid=False).")
         return False
     return True
+
+
+def _fid(config: ml_collections.ConfigDict, name: str, generate_fn: Any, reference_split: str,
+         precision_recall: bool) -> eval_lib.FIDEvaluator:
+    num_images = int(config.evaluators.num_images)
+    return eval_lib.FIDEvaluator(
+        name, generate_fn, num_samples=num_images, batch_size=int(config.evaluators.batch_size),
+        reference_key=reference_key(config, reference_split), reference_split=reference_split,
+        compute_precision_recall=precision_recall,
+        allow_singular=num_images <= inception.FEATURE_DIM)
 
 
 def tokenizer_evaluators(task: Any) -> list[Any]:
     """[reconstruction FID (when enabled and the Inception weights exist), codebook usage]."""
     config = task.config
-    num_images, batch_size = _check(config)
-    validation = _data_iter_fn(config, "validation", batch_size, num_images)
     result: list[Any] = []
-    if config.evaluators.fid and _inception_available():
-        result.append(eval_lib.FIDEvaluator(
-            name="reconstruction",
-            generate_fn=lambda state, batch, rng: task.reconstruct_fn(state)(batch["image"]),
-            data_iter_fn=validation, reference_key=reference_key(config, "validation"),
-            num_samples=num_images, compute_precision_recall=False,
-            allow_singular=num_images <= inception.FEATURE_DIM,
-        ))
+    if inception_available(config):
+        result.append(_fid(config, "reconstruction",
+                           lambda state, batch, rng, context: task.reconstruct_fn(
+                               state, context.mesh)(batch["image"]),
+                           reference_split="validation", precision_recall=False))
     if config.evaluators.usage:
         result.append(eval_lib.CodebookUsageEvaluator(
-            name="codebook",
-            indices_fn=lambda state, batch: task.tokenize_fn(state)(batch["image"]),
-            data_iter_fn=validation, codebook_size=quantizers.codebook_size(config.quantizer),
-            out_dir=config.evaluators.get("out_dir") or None,
-        ))
+            "codebook", lambda state, batch, context: task.tokenize_fn(
+                state, context.mesh)(batch["image"]),
+            quantizers.codebook_size(config.quantizer),
+            num_examples=int(config.evaluators.num_images),
+            batch_size=int(config.evaluators.batch_size),
+            out_dir=config.evaluators.out_dir or None))
     return result
-
-
-def _sampling_evaluator(config: ml_collections.ConfigDict, generate_fn: Any) -> Any:
-    """FID + precision + recall of `generate_fn`'s images against the training split."""
-    num_images, batch_size = _check(config)
-    train_images = _data_iter_fn(config, "train", batch_size, num_images)
-    return eval_lib.FIDEvaluator(
-        name="sampling",
-        generate_fn=generate_fn,
-        data_iter_fn=_data_iter_fn(config, "validation", batch_size, num_images),
-        reference_key=reference_key(config, "train"), num_samples=num_images,
-        reference_images_fn=lambda: (batch["image"] for batch in train_images()),
-        compute_precision_recall=True,
-        allow_singular=num_images <= inception.FEATURE_DIM,
-        seed=int(config.seed),
-    )
 
 
 def transformer_evaluators(task: Any) -> list[Any]:
     """[sampling FID + precision + recall] (when enabled and the Inception weights exist)."""
-    config = task.config
-    _check(config)
-    if not (config.evaluators.fid and _inception_available()):
+    if not inception_available(task.config):
         return []
-    return [_sampling_evaluator(
-        config, lambda state, batch, rng: task.sample_fn(state)(batch["label"], rng))]
+    return [_fid(task.config, "sampling",
+                 lambda state, batch, rng, context: task.sample_fn(state, context.mesh)(
+                     batch["label"], rng),
+                 reference_split="train", precision_recall=True)]
 
 
-def real_images_baseline(config: ml_collections.ConfigDict) -> dict[str, float]:
+def real_images_baseline(config: ml_collections.ConfigDict, context: Any) -> dict[str, float]:
     """Sampling FID, precision and recall of real validation images in place of samples.
 
     The best any generator can score under the same evaluation (same image count, same
     reference): FID's small-sample bias and the noise of precision/recall at this size.
     """
-    evaluator = _sampling_evaluator(config, lambda state, batch, rng: batch["image"])
-    return dict(evaluator.run(None))
+    evaluator = _fid(config, "sampling", lambda state, batch, rng, context: batch["image"],
+                     reference_split="train", precision_recall=True)
+    return dict(evaluator.run(None, context))

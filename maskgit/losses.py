@@ -11,58 +11,42 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fsq_jax.config_lib import require
+
 PERCEPTUAL_NETWORKS = ("none", "inception", "lpips_vgg", "resnet50")
 RECONSTRUCTION_LOSSES = ("l2", "l1")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`loss.*` fields of the tokenizer (MaskGIT's VQGAN weights by default)."""
-    return ml_collections.ConfigDict(
-        {
-            "reconstruction": "l2",  # l2 | l1
-            "reconstruction_weight": 1.0,
-            "perceptual_network": "none",  # none | inception | lpips_vgg | resnet50
-            "perceptual_weights": "",  # .npz path for lpips_vgg / resnet50
-            "perceptual_weight": 0.1,
-            "adversarial_weight": 0.1,  # generator's non-saturating loss weight
-            "discriminator_start": 0,  # step at which the adversarial terms switch on
-            "r1_weight": 10.0,  # gamma of the R1 penalty: gamma / 2 * E ||grad D(real)||^2
-            "lecam_weight": 0.0,  # 0 disables LeCam regularisation
-            "lecam_ema_decay": 0.999,
-            "quantizer_weight": 1.0,  # scales the quantizer's own aux loss
-        }
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """`loss.*` of the tokenizer: the weights of its reconstruction, perceptual, GAN and
+    quantizer terms (the values and their sources are in configs/maskgit/tokenizer.py)."""
 
+    reconstruction: Literal["l2", "l1"]
+    reconstruction_weight: float
+    perceptual_network: Literal["none", "inception", "lpips_vgg", "resnet50"]
+    perceptual_weights: str  # .npz path for lpips_vgg / resnet50
+    perceptual_weight: float
+    adversarial_weight: float  # generator's non-saturating loss weight
+    discriminator_start: int  # step at which the adversarial terms switch on
+    r1_weight: float  # gamma of the R1 penalty: gamma / 2 * E ||grad D(real)||^2
+    lecam_weight: float  # 0 disables LeCam regularisation
+    lecam_ema_decay: float
+    quantizer_weight: float  # scales the quantizer's own aux loss
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad `loss.*` field."""
-    unknown = sorted(set(config.keys()) - set(default_config().keys()))
-    if unknown:
-        raise ValueError(f"loss.{unknown[0]}: unknown field; allowed {sorted(default_config())}")
-    if config.reconstruction not in RECONSTRUCTION_LOSSES:
-        raise ValueError(
-            f"loss.reconstruction = {config.reconstruction!r}: one of {RECONSTRUCTION_LOSSES}"
-        )
-    if config.perceptual_network not in PERCEPTUAL_NETWORKS:
-        raise ValueError(
-            f"loss.perceptual_network = {config.perceptual_network!r}: one of "
-            f"{PERCEPTUAL_NETWORKS}"
-        )
-    for field in ("reconstruction_weight", "perceptual_weight", "adversarial_weight",
-                  "r1_weight", "lecam_weight", "quantizer_weight"):
-        if config[field] < 0:
-            raise ValueError(f"loss.{field} = {config[field]}: must be >= 0")
-    if config.discriminator_start < 0:
-        raise ValueError(f"loss.discriminator_start = {config.discriminator_start}: must be >= 0")
-    if not 0.0 <= config.lecam_ema_decay < 1.0:
-        raise ValueError(f"loss.lecam_ema_decay = {config.lecam_ema_decay}: must be in [0, 1)")
+    def __post_init__(self):
+        for field in ("reconstruction_weight", "perceptual_weight", "adversarial_weight",
+                      "r1_weight", "lecam_weight", "quantizer_weight"):
+            require(getattr(self, field) >= 0, field, "must be >= 0")
+        require(self.discriminator_start >= 0, "discriminator_start", "must be >= 0")
+        require(0.0 <= self.lecam_ema_decay < 1.0, "lecam_ema_decay", "must be in [0, 1)")
 
 
 # ---------------------------------------------------------------------------------------------

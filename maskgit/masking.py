@@ -6,12 +6,31 @@ MaskGIT samples a masking ratio from the cosine schedule per example; the FSQ pa
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-SCHEDULES = ("cosine", "linear", "square")
+from fsq_jax.config_lib import require
+
+Schedule = Literal["cosine", "linear", "square"]
+SCHEDULES = typing.get_args(Schedule)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaskingConfig:
+    """`masking.*` of stage-II training (the FSQ paper's masking-ratio floor, Sec. 4.1)."""
+
+    schedule: Schedule  # masking ratio gamma(r) of a uniform r (MaskGIT: cosine)
+    min_ratio: float  # at least this fraction of the tokens is masked
+    label_dropout: float  # labels replaced by the null class this often (for guidance)
+
+    def __post_init__(self):
+        require(0.0 <= self.min_ratio < 1.0, "min_ratio", "must be in [0, 1)")
+        require(0.0 <= self.label_dropout < 1.0, "label_dropout", "must be in [0, 1)")
 
 
 def schedule(progress: jax.Array, method: str = "cosine") -> jax.Array:

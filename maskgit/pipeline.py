@@ -7,7 +7,6 @@ the work that is missing; an interrupted stage resumes from its checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -16,10 +15,8 @@ from typing import Any
 
 import ml_collections
 
-from fsq_jax.reporting import collect
+from fsq_jax import config_lib, run_dir
 
-CONFIG_FILE = "config.json"  # written by fsq_jax.train when a run starts
-RESULTS_FILE = "results.json"  # written by fsq_jax.train when a run reaches total_steps
 STAGES = ("tokenizer", "transformer")
 
 
@@ -43,11 +40,6 @@ class MaskGITRun:
     reused: bool = False  # both stages were already finished: nothing was trained
 
 
-def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config as the training loop stores it in `config.json` (tuples become lists)."""
-    return json.loads(config.to_json_best_effort())
-
-
 def finished_results(config: ml_collections.ConfigDict, workdir: str
                      ) -> dict[str, Any] | None:
     """The stored results of `workdir` if it holds a finished run of exactly `config`, else None.
@@ -55,9 +47,9 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str
     Finished means `results.json` exists with `step >= config.total_steps` and `config.json`
     equals `config` (compared as JSON).
     """
-    results = collect.read_json(os.path.join(workdir, RESULTS_FILE))
-    stored = collect.read_json(os.path.join(workdir, CONFIG_FILE))
-    if not isinstance(results, dict) or stored != config_json(config):
+    results = run_dir.read_json(os.path.join(workdir, run_dir.RESULTS_FILE))
+    stored = run_dir.read_json(os.path.join(workdir, run_dir.CONFIG_FILE))
+    if not isinstance(results, dict) or stored != run_dir.config_json(config):
         return None
     if int(results.get("step", -1)) < int(config.total_steps):
         return None
@@ -87,9 +79,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, *, restart: bool 
     if results is not None:
         print(f"reusing {workdir} (finished at step {results['step']})", flush=True)
         return results
-    stored = collect.read_json(os.path.join(workdir, CONFIG_FILE))
-    if stored is not None and stored != config_json(config):
-        changed = sorted(_changed_fields(stored, config_json(config)))
+    stored = run_dir.read_json(os.path.join(workdir, run_dir.CONFIG_FILE))
+    if stored is not None and stored != run_dir.config_json(config):
+        changed = sorted(config_lib.changed_fields(stored, run_dir.config_json(config)))
         raise ValueError(
             f"workdir {workdir!r} holds a run of a different config (fields differ: "
             f"{', '.join(changed[:5]) or 'unknown'}); restart it (restart=True / --restart) or "
@@ -104,16 +96,6 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, *, restart: bool 
     if results.get("preempted"):
         raise StagePreemptedError(workdir, int(results.get("step", 0)))
     return results
-
-
-def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the leaves that differ between two JSON trees."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        names = []
-        for key in sorted(set(old) | set(new)):
-            names += _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
-        return names
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def run_maskgit(tokenizer_config: ml_collections.ConfigDict,
@@ -137,34 +119,6 @@ def run_maskgit(tokenizer_config: ml_collections.ConfigDict,
                       reused=reused)
 
 
-def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any,
-              what: str = "config") -> None:
-    """`config.a.b = value` for `dotted = "a.b"`; ValueError naming the key if it does not exist
-    or the value has the wrong type."""
-    *parents, leaf = dotted.split(".")
-    node = config
-    for part in parents:
-        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            raise ValueError(f"override {dotted!r}: {what} has no section {part!r}")
-        node = node[part]
-    if leaf not in node:
-        raise ValueError(f"override {dotted!r}: {what} has no field {leaf!r}")
-    try:
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    except TypeError as error:
-        raise ValueError(f"override {dotted!r} = {value!r}: {error}") from None
-
-
-def has_field(config: ml_collections.ConfigDict, dotted: str) -> bool:
-    """Whether `config` has the (dotted) field."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def apply_overrides(tokenizer_config: ml_collections.ConfigDict,
                     transformer_config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any]) -> None:
@@ -177,34 +131,29 @@ def apply_overrides(tokenizer_config: ml_collections.ConfigDict,
     shared = {k: v for k, v in overrides.items() if k.split(".", 1)[0] not in STAGES}
     staged = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in STAGES}
     for key, value in shared.items():
-        targets = [name for name, config in configs.items() if has_field(config, key)]
+        targets = [name for name, config in configs.items()
+                   if config_lib.has_field(config, key)]
         if not targets:
             raise ValueError(f"override {key!r}: neither the tokenizer nor the transformer "
                              "config has this field")
         for name in targets:
-            set_field(configs[name], key, value, f"the {name} config")
+            config_lib.set_field(configs[name], key, value, f"the {name} config")
     for key, value in staged.items():
         stage, field = key.split(".", 1)
-        set_field(configs[stage], field, value, f"the {stage} config")
+        config_lib.set_field(configs[stage], field, value, f"the {stage} config")
 
 
 def configs_for(quantizer_name: str, size: str = "tiny",
                 overrides: Mapping[str, Any] | None = None
                 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-    """(tokenizer config, transformer config) of the presets `<quantizer_name>,<size>` of
-    configs/maskgit/{tokenizer,transformer}.py, with `overrides` applied (see
-    `apply_overrides`), e.g. `{"total_steps": 500, "quantizer.levels": (8, 5, 5, 5),
+    """(tokenizer config, transformer config) of the presets `<quantizer_name>,<size>` of the
+    config files maskgit/{tokenizer,transformer}.py, with `overrides` applied (see
+    `apply_overrides`), e.g. `{"total_steps": 500, "quantizer.fsq.levels": (8, 5, 5, 5),
     "transformer.model.num_layers": 2}`."""
-    from configs.maskgit import tokenizer as tokenizer_configs
-    from configs.maskgit import transformer as transformer_configs
-
-    if quantizer_name not in tokenizer_configs.QUANTIZERS:
-        raise ValueError(f"quantizer_name = {quantizer_name!r}: one of "
-                         f"{tokenizer_configs.QUANTIZERS}")
-    if size not in tokenizer_configs.SIZES:
-        raise ValueError(f"size = {size!r}: one of {tokenizer_configs.SIZES}")
     arg = f"{quantizer_name},{size}"
-    tokenizer_config = tokenizer_configs.get_config(arg)
-    transformer_config = transformer_configs.get_config(arg)
+    tokenizer_config = config_lib.load(f"maskgit/tokenizer.py:{arg}")
+    transformer_config = config_lib.load(f"maskgit/transformer.py:{arg}")
     apply_overrides(tokenizer_config, transformer_config, overrides or {})
     return tokenizer_config, transformer_config
+
+

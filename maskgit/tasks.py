@@ -8,10 +8,9 @@ tokenised on the fly inside the jitted step, and samples with parallel decoding 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -21,60 +20,60 @@ import numpy as np
 import optax
 
 from fsq_jax import images as image_lib
-from fsq_jax import quantizers
+from fsq_jax import quantizers, run_dir
+from fsq_jax.config_lib import LoopConfig, OptimizerConfig, require
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
+from fsq_jax.quantizers.registry import QuantizerConfig
 from fsq_jax.train import optim
+from fsq_jax.train.evaluation import run_sharded
+from fsq_jax.train.frozen import FrozenStage, frozen_from_variables, read_frozen_config
 from fsq_jax.train.state import TrainState
-from maskgit import decoding, discriminator, losses, masking, token_cache, tokenizer, transformer
+from maskgit import (
+    decoding,
+    discriminator,
+    evaluation,
+    losses,
+    masking,
+    token_cache,
+    tokenizer,
+    transformer,
+)
 
 Batch = Mapping[str, jax.Array]
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared helpers.
-
-
-def image_grid(images: np.ndarray, rows: int) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> one uint8 [rows * H, cols * W, 3] grid (row-major, N = rows * cols)."""
-    images = np.asarray(images)
-    n, h, w, c = images.shape
-    if rows < 1 or n % rows:
-        raise ValueError(f"image_grid: {n} images do not fill {rows} rows")
-    cols = n // rows
-    return images.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
-        rows * h, cols * w, c
-    )
-
-
-def _mesh() -> jax.sharding.Mesh:
-    from fsq_jax.train import sharding
-
-    return sharding.create_mesh()
-
-
-def _run_batch_sharded(fn: Callable[..., jax.Array], replicated_args: Sequence[Any],
-                       batch: np.ndarray, *batch_args: Any) -> np.ndarray:
-    """Runs jitted `fn(*replicated_args, batch, *batch_args)` with `batch` padded to a multiple
-    of the device count and sharded over the mesh's data axis; returns host results, unpadded."""
-    mesh = _mesh()
-    devices = mesh.devices.size
-    n = batch.shape[0]
-    padded = math.ceil(n / devices) * devices
-    if padded > n:
-        batch = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
-    out = fn(*replicated_args, jax.device_put(batch, sharding), *batch_args)
-    return np.asarray(jax.device_get(out))[:n]
-
-
-def _check_sections(config: ml_collections.ConfigDict, sections: Sequence[str]) -> None:
-    for name in sections:
-        if name not in config:
-            raise ValueError(f"config.{name}: missing section (start from configs/maskgit/*.py)")
-
-
-# ---------------------------------------------------------------------------------------------
 # Stage I.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenizerOptimizers:
+    """`optimizers.*`: one optimiser per parameter group."""
+
+    generator: OptimizerConfig
+    discriminator: OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenizerTaskConfig(LoopConfig):
+    """Stage I (configs/maskgit/tokenizer.py)."""
+
+    model: tokenizer.TokenizerModelConfig
+    quantizer: QuantizerConfig
+    discriminator: discriminator.DiscriminatorConfig
+    loss: losses.LossConfig
+    optimizers: TokenizerOptimizers
+    evaluators: evaluation.TokenizerEvaluators
+
+    def __post_init__(self):
+        super().__post_init__()
+        factor = tokenizer.downsample_factor(self.model)
+        require(self.data.image_size % factor == 0, "data.image_size",
+                f"must be a multiple of the tokenizer's downsampling factor {factor} "
+                "(2 ** (len(model.channel_multipliers) - 1))")
+        size = self.data.image_size
+        require(size >= 8 and size & (size - 1) == 0, "data.image_size",
+                "the discriminator needs a power of two >= 8")
 
 
 class TokenizerTask:
@@ -85,33 +84,13 @@ class TokenizerTask:
     perceptual network's weights (when one is configured).
     """
 
+    config_schema = TokenizerTaskConfig
+
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.check_config(config)
         self.model = tokenizer.build(config)
         self.discriminator = discriminator.Discriminator(config.discriminator)
         self.perceptual, self._perceptual_params = losses.load_perceptual(config.loss)
-
-    # -- config hooks of the loop --------------------------------------------------------------
-    @staticmethod
-    def reference_config() -> ml_collections.ConfigDict:
-        """Every field the task accepts (the tiny FSQ preset's values as type references)."""
-        from configs.maskgit import tokenizer as tokenizer_configs
-
-        return tokenizer_configs.get_config("fsq,tiny")
-
-    @staticmethod
-    def check_config(config: ml_collections.ConfigDict) -> None:
-        """ValueError naming the first impossible field."""
-        _check_sections(config, ("model", "quantizer", "discriminator", "loss", "optimizers",
-                                 "data"))
-        tokenizer.check_model_config(config.model)
-        losses.check_config(config.loss)
-        tokenizer.token_grid(config.model, config.data.image_size)
-        discriminator.check_config(config.discriminator, config.data.image_size)
-        for group in ("generator", "discriminator"):
-            if group not in config.optimizers:
-                raise ValueError(f"config.optimizers.{group}: missing optimiser section")
 
     # -- the Task protocol -------------------------------------------------------------------
     def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
@@ -227,10 +206,7 @@ class TokenizerTask:
                 {"generator": g_grads, "discriminator": d_grads}, model_state=model_state)
             new_state = jax.tree.map(lambda on, off: jnp.where(active, on, off), both(),
                                      g_only())
-            d_metrics["discriminator_grad_norm"] = optax.global_norm(d_grads)
-        metrics = {**metrics, **d_metrics, "generator_loss": g_total,
-                   "adversarial_gate": gate,
-                   "generator_grad_norm": optax.global_norm(g_grads)}
+        metrics = {**metrics, **d_metrics, "generator_loss": g_total, "adversarial_gate": gate}
         return new_state, metrics
 
     def reconstruct(self, state: TrainState, images: jax.Array
@@ -260,7 +236,8 @@ class TokenizerTask:
         del rng
         originals = np.asarray(batch["image"][:8])
         recon = self.reconstruct_fn(state)(originals)
-        return {"reconstructions": image_grid(np.concatenate([originals, recon]), rows=2)}
+        return {"reconstructions": image_lib.image_grid(np.concatenate([originals, recon]),
+                                                        rows=2)}
 
     @functools.cached_property
     def _jitted_tokenize(self) -> Callable[..., jax.Array]:
@@ -275,53 +252,27 @@ class TokenizerTask:
 
         return jax.jit(apply)
 
-    def tokenize_fn(self, state: TrainState) -> Callable[[np.ndarray], np.ndarray]:
-        """Host function uint8 [B, H, W, 3] -> int32 tokens [B, h, w] (EMA generator)."""
+    def tokenize_fn(self, state: TrainState, mesh: jax.sharding.Mesh | None = None
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+        """Host function uint8 [B, H, W, 3] -> int32 tokens [B, h, w] (EMA generator), the
+        batch split over `mesh` (default: every device)."""
         variables = self._generator_variables(state.eval_params()["generator"], state.model_state)
-        return lambda images: _run_batch_sharded(self._jitted_tokenize, (variables,),
-                                                 np.asarray(images))
+        return lambda images: run_sharded(self._jitted_tokenize, (variables,), images, mesh=mesh)
 
-    def reconstruct_fn(self, state: TrainState) -> Callable[[np.ndarray], np.ndarray]:
+    def reconstruct_fn(self, state: TrainState, mesh: jax.sharding.Mesh | None = None
+                       ) -> Callable[[np.ndarray], np.ndarray]:
         """Host function uint8 [B, H, W, 3] -> uint8 reconstructions [B, H, W, 3]."""
         variables = self._generator_variables(state.eval_params()["generator"], state.model_state)
-        return lambda images: _run_batch_sharded(self._jitted_reconstruct, (variables,),
-                                                 np.asarray(images))
+        return lambda images: run_sharded(self._jitted_reconstruct, (variables,), images,
+                                          mesh=mesh)
 
     def evaluators(self) -> list[Any]:
         """Reconstruction FID and codebook usage over `evaluators.num_images` validation images."""
-        from maskgit import evaluation
-
         return evaluation.tokenizer_evaluators(self)
 
 
 # ---------------------------------------------------------------------------------------------
 # Stage II.
-
-
-def load_tokenizer(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """Loads a stage-I workdir: (its config, eval-mode variables of the EMA generator).
-
-    Raises ValueError naming `tokenizer_workdir` when it is not a finished stage-I run.
-    """
-    from fsq_jax.train import restore_latest
-
-    if not workdir or not os.path.isdir(workdir):
-        raise ValueError(
-            f"config.tokenizer_workdir = {workdir!r}: not a directory; train stage I first "
-            "(scripts/train.py --config configs/maskgit/tokenizer.py:fsq,tiny --workdir ...)"
-        )
-    try:
-        config, restored = restore_latest(workdir)
-    except FileNotFoundError as error:
-        raise ValueError(f"config.tokenizer_workdir = {workdir!r}: {error}") from None
-    if "model" not in config or "quantizer" not in config:
-        raise ValueError(f"config.tokenizer_workdir = {workdir!r}: not a MaskGIT tokenizer run")
-    params = restored["ema_params"] or restored["params"]
-    variables = {"params": params["generator"]}
-    model_state = restored.get("model_state") or {}
-    if model_state.get(STATE_COLLECTION):
-        variables[STATE_COLLECTION] = model_state[STATE_COLLECTION]
-    return config, variables
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
@@ -333,16 +284,33 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     return int(data.num_classes(config.data))
 
 
-def _as_tuple_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Lists from JSON back to tuples, so module configs stay hashable."""
-    def convert(value: Any) -> Any:
-        if isinstance(value, list):
-            return tuple(value)
-        if isinstance(value, Mapping | ml_collections.ConfigDict):
-            return {k: convert(v) for k, v in value.items()}
-        return value
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerLossConfig:
+    """`loss.*` of stage II."""
 
-    return ml_collections.ConfigDict(convert(config.to_dict()))
+    label_smoothing: float
+
+    def __post_init__(self):
+        require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerTaskConfig(LoopConfig):
+    """Stage II (configs/maskgit/transformer.py)."""
+
+    tokenizer_workdir: str  # the finished stage-I run whose tokens this stage models
+    num_classes: int  # 0 = from the data source
+    model: transformer.TransformerModelConfig
+    masking: masking.MaskingConfig
+    loss: TransformerLossConfig
+    token_cache: token_cache.TokenCacheConfig
+    sampling: decoding.SamplingConfig
+    optimizer: OptimizerConfig
+    evaluators: evaluation.TransformerEvaluators
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.num_classes >= 0, "num_classes", "must be >= 1 (or 0: from the data)")
 
 
 class TransformerTask:
@@ -350,30 +318,28 @@ class TransformerTask:
 
     One parameter group, "transformer". `model_state["tokenizer"]` holds the frozen tokenizer's
     variables, so a stage-II checkpoint samples images on its own.
+
+    Args:
+      config: the stage-II config.
+      frozen: the stage-I run (`fsq_jax.train.load_frozen(config.tokenizer_workdir, ...)`, or
+        `FrozenStage.in_memory(...)`); its variables are read when the state is first built.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict,
-                 tokenizer_config: ml_collections.ConfigDict | None = None,
-                 tokenizer_variables: Mapping[str, Any] | None = None):
-        """`tokenizer_config`/`tokenizer_variables` override `config.tokenizer_workdir`
-        (both or neither); by default the workdir's config is read now and its checkpoint
-        when the state is first initialised."""
-        self.config = config
-        self.check_config(config)
-        if (tokenizer_config is None) != (tokenizer_variables is None):
-            raise ValueError("pass both tokenizer_config and tokenizer_variables, or neither")
-        if tokenizer_config is None:
-            from fsq_jax.train.loop import _read_config
+    config_schema = TransformerTaskConfig
+    frozen_stage_field = "tokenizer_workdir"
 
-            workdir = config.tokenizer_workdir
-            try:
-                tokenizer_config = _read_config(workdir)
-            except FileNotFoundError as error:
-                raise ValueError(
-                    f"config.tokenizer_workdir = {workdir!r}: {error}; train stage I first"
-                ) from None
-        self.tokenizer_config = _as_tuple_config(tokenizer_config)
-        self._tokenizer_variables = tokenizer_variables
+    @staticmethod
+    def check_frozen(config: TransformerTaskConfig, frozen: ml_collections.ConfigDict) -> None:
+        """ValueError unless `frozen` is a tokenizer run whose token grid fits the images."""
+        if "model" not in frozen or "quantizer" not in frozen or "discriminator" not in frozen:
+            raise ValueError("not a MaskGIT tokenizer run (train stage I first: scripts/train.py "
+                             "--config configs/maskgit/tokenizer.py:fsq,tiny --workdir ...)")
+        tokenizer.token_grid(frozen.model, config.data.image_size)
+
+    def __init__(self, config: ml_collections.ConfigDict, frozen: FrozenStage):
+        self.config = config
+        self.frozen = frozen
+        self.tokenizer_config = frozen.config
         self.tokenizer = tokenizer.build(self.tokenizer_config)
         self.grid = tokenizer.token_grid(self.tokenizer_config.model, config.data.image_size)
         self.seq_len = self.grid[0] * self.grid[1]
@@ -385,46 +351,25 @@ class TransformerTask:
             config.model, self.codebook_size, self.num_classes, self.seq_len
         )
 
-    @staticmethod
-    def reference_config() -> ml_collections.ConfigDict:
-        """Every field the task accepts (the tiny FSQ preset's values as type references)."""
-        from configs.maskgit import transformer as transformer_configs
-
-        return transformer_configs.get_config("fsq,tiny")
-
-    @staticmethod
-    def check_config(config: ml_collections.ConfigDict) -> None:
-        """ValueError naming the first impossible field."""
-        _check_sections(config, ("model", "masking", "loss", "sampling", "optimizer", "data"))
-        transformer.check_model_config(config.model)
-        decoding.check_config(config.sampling)
-        if config.masking.schedule not in masking.SCHEDULES:
-            raise ValueError(
-                f"masking.schedule = {config.masking.schedule!r}: one of {masking.SCHEDULES}"
-            )
-        if not 0.0 <= config.masking.min_ratio < 1.0:
-            raise ValueError(f"masking.min_ratio = {config.masking.min_ratio}: must be in [0, 1)")
-        if not 0.0 <= config.masking.label_dropout < 1.0:
-            raise ValueError(
-                f"masking.label_dropout = {config.masking.label_dropout}: must be in [0, 1)"
-            )
-        if not 0.0 <= config.loss.label_smoothing < 1.0:
-            raise ValueError(
-                f"loss.label_smoothing = {config.loss.label_smoothing}: must be in [0, 1)"
-            )
-        if config.num_classes < 0:
-            raise ValueError(
-                f"config.num_classes = {config.num_classes}: must be >= 1 (or 0: from the data)"
-            )
-        if "token_cache" in config:
-            token_cache.check_config(config.token_cache)
+    @classmethod
+    def from_workdir(cls, workdir: str) -> tuple[TransformerTask, dict[str, Any]]:
+        """The task of a stage-II run and its newest checkpoint (host numpy dict), read without
+        changing the workdir; the frozen tokenizer's variables come from that checkpoint and
+        its architecture from `tokenizer_workdir/config.json`."""
+        config, restored = run_dir.restore_latest(workdir)
+        if "tokenizer" not in (restored.get("model_state") or {}):
+            raise ValueError(f"{workdir!r} is not a MaskGIT transformer run (no frozen tokenizer "
+                             "in its checkpoint)")
+        tokenizer_config = read_frozen_config(config.tokenizer_workdir,
+                                              f"{workdir}/config.json: tokenizer_workdir")
+        frozen = frozen_from_variables(tokenizer_config, "generator",
+                                       restored["model_state"]["tokenizer"])
+        return cls(config, frozen=frozen), restored
 
     # -- frozen tokenizer --------------------------------------------------------------------
     def tokenizer_variables(self) -> dict[str, Any]:
-        """The frozen stage-I variables (loaded from `config.tokenizer_workdir` on first use)."""
-        if self._tokenizer_variables is None:
-            _, self._tokenizer_variables = load_tokenizer(self.config.tokenizer_workdir)
-        return dict(self._tokenizer_variables)
+        """The frozen stage-I variables (EMA generator and quantizer state)."""
+        return self.frozen.variables("generator", (STATE_COLLECTION,))
 
     def tokenize(self, tokenizer_variables: Any, images: jax.Array) -> jax.Array:
         """uint8 [B, H, W, 3] -> int32 tokens [B, N] (N = h * w), no gradient."""
@@ -440,8 +385,7 @@ class TransformerTask:
         the train split comes from the token cache (built on first use), else images."""
         from fsq_jax import data
 
-        cache_dir = self.config.token_cache.dir if "token_cache" in self.config else ""
-        if split != "train" or not cache_dir:
+        if split != "train" or not self.config.token_cache.dir:
             return data.build(data_config, split, batch_size, **kwargs)
         return data.batches(self._token_source, data_config, split, batch_size, **kwargs)
 
@@ -458,7 +402,7 @@ class TransformerTask:
         variables = self.tokenizer_variables()
         meta = token_cache.expected_meta(self.config.data, token_cache.fingerprint(variables),
                                          self.grid, self.codebook_size, cfg.passes)
-        tokenize = functools.partial(_run_batch_sharded, self._jitted_tokenize, (variables,))
+        tokenize = functools.partial(run_sharded, self._jitted_tokenize, (variables,))
         return token_cache.open_or_build(cfg.dir, self.config.data, tokenize, meta,
                                          cfg.batch_size, log)
 
@@ -560,10 +504,12 @@ class TransformerTask:
     def _jitted_sampler(self) -> Callable[..., jax.Array]:
         return jax.jit(self.sample_images)
 
-    def sample_fn(self, state: TrainState | Mapping[str, Any]
+    def sample_fn(self, state: TrainState | Mapping[str, Any],
+                  mesh: jax.sharding.Mesh | None = None
                   ) -> Callable[[np.ndarray, jax.Array], np.ndarray]:
         """Host sampler of a state (or a restored dict): (labels int32 [B], rng) -> uint8
-        [B, H, W, 3]; compiled once per batch size, batch sharded over all devices."""
+        [B, H, W, 3]; compiled once per batch size, the batch split over `mesh` (default: every
+        device)."""
         if isinstance(state, TrainState):
             params = state.eval_params()["transformer"]
             frozen = state.model_state["tokenizer"]
@@ -573,8 +519,8 @@ class TransformerTask:
         jitted = self._jitted_sampler
 
         def sample(labels: np.ndarray, rng: jax.Array) -> np.ndarray:
-            return _run_batch_sharded(lambda p, t, y, r: jitted(p, t, y, r), (params, frozen),
-                                      np.asarray(labels, np.int32), rng)
+            return run_sharded(jitted, (params, frozen), np.asarray(labels, np.int32), rng,
+                               mesh=mesh)
 
         return sample
 
@@ -584,12 +530,10 @@ class TransformerTask:
         classes = min(self.num_classes, 16)
         labels = np.repeat(np.arange(classes, dtype=np.int32), 8)
         samples = self.sample_fn(state)(labels, rng)
-        return {"samples": image_grid(samples, rows=classes)}
+        return {"samples": image_lib.image_grid(samples, rows=classes)}
 
     def evaluators(self) -> list[Any]:
         """Sampling FID, precision and recall against `evaluators.num_images` real images."""
-        from maskgit import evaluation
-
         return evaluation.transformer_evaluators(self)
 
 

@@ -13,6 +13,7 @@ tokenizer or other data is refused with the field that differs, never overwritte
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fsq_jax.config_lib import require
 from fsq_jax.data.errors import DataError
 
 META_FILE = "meta.json"
@@ -40,23 +42,17 @@ class TokenCacheError(DataError):
     """A token cache that is missing, incomplete, corrupt or made for other inputs."""
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`token_cache.*` fields: off by default (tokens are computed inside the train step)."""
-    return ml_collections.ConfigDict(
-        {
-            "dir": "",  # "" = tokenise on the fly; else the cache directory (built if missing)
-            "passes": 1,  # passes over the train split to tokenise (augmentations differ)
-            "batch_size": 256,  # images per tokenisation call while building
-        }
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenCacheConfig:
+    """`token_cache.*`: pre-tokenised training tokens (off when `dir` is empty)."""
 
+    dir: str  # "" = tokenise on the fly; else the cache directory (built if missing)
+    passes: int  # passes over the train split to tokenise (augmentations differ)
+    batch_size: int  # images per tokenisation call while building
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """ValueError naming the first bad `token_cache.*` field."""
-    if config.passes < 1:
-        raise ValueError(f"token_cache.passes = {config.passes}: must be >= 1")
-    if config.batch_size < 1:
-        raise ValueError(f"token_cache.batch_size = {config.batch_size}: must be >= 1")
+    def __post_init__(self):
+        require(self.passes >= 1, "passes", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
 def fingerprint(variables: Any) -> str:

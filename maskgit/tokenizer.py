@@ -7,9 +7,10 @@ back) codes to pixels. Which quantizer sits in the middle is purely a config cho
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from fsq_jax import quantizers
+from fsq_jax.config_lib import require
+from fsq_jax.dtypes import DTYPES, DTypeName
 from fsq_jax.quantizers.base import QuantizerOutput
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -24,51 +27,32 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "gelu": nn.gelu,
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-    """The tokenizer's architecture fields (MaskGIT's VQGAN at 256x256 by default)."""
-    return ml_collections.ConfigDict(
-        {
-            "filters": 128,  # base width; level i has filters * channel_multipliers[i]
-            "channel_multipliers": (1, 1, 2, 2, 4),  # len-1 downsamplings: 256 -> 16
-            "num_res_blocks": 2,
-            "embedding_dim": 256,  # encoder output width, projected to the quantizer's dim
-            "norm_groups": 32,
-            "activation": "swish",
-            "conv_downsample": False,  # False: 2x2 average pooling as MaskGIT
-            "dtype": "float32",  # compute dtype; params stay float32
-        }
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenizerModelConfig:
+    """`model.*` of the tokenizer: MaskGIT's VQGAN encoder / decoder (configs/maskgit/tokenizer.py
+    holds the values; google-research/maskgit `configs/vqgan_config.py`)."""
 
+    filters: int  # base width; level i has filters * channel_multipliers[i]
+    channel_multipliers: tuple[int, ...]  # len-1 downsamplings: (1, 1, 2, 2, 4) gives 256 -> 16
+    num_res_blocks: int
+    embedding_dim: int  # encoder output width, projected to the quantizer's dim
+    norm_groups: int
+    activation: Literal["swish", "relu", "gelu"]
+    conv_downsample: bool  # False: 2x2 average pooling as MaskGIT
+    dtype: DTypeName  # compute dtype; params stay float32
 
-def check_model_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad `model.*` field."""
-    unknown = sorted(set(config.keys()) - set(default_model_config().keys()))
-    if unknown:
-        raise ValueError(f"model.{unknown[0]}: unknown field for the tokenizer")
-    if config.filters < 1:
-        raise ValueError(f"model.filters = {config.filters}: must be >= 1")
-    if len(config.channel_multipliers) < 1 or min(config.channel_multipliers) < 1:
-        raise ValueError(
-            f"model.channel_multipliers = {config.channel_multipliers}: "
-            "need >= 1 entries, each >= 1"
-        )
-    if config.num_res_blocks < 0:
-        raise ValueError(f"model.num_res_blocks = {config.num_res_blocks}: must be >= 0")
-    if config.embedding_dim < 1:
-        raise ValueError(f"model.embedding_dim = {config.embedding_dim}: must be >= 1")
-    for mult in config.channel_multipliers:
-        if (config.filters * mult) % config.norm_groups:
-            raise ValueError(
-                f"model.norm_groups = {config.norm_groups}: must divide every level width "
-                f"(filters * multiplier = {config.filters * mult})"
-            )
-    if config.activation not in ACTIVATIONS:
-        raise ValueError(f"model.activation = {config.activation!r}: one of {sorted(ACTIVATIONS)}")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"model.dtype = {config.dtype!r}: one of {sorted(DTYPES)}")
+    def __post_init__(self):
+        require(self.filters >= 1, "filters", "must be >= 1")
+        require(len(self.channel_multipliers) >= 1 and min(self.channel_multipliers) >= 1,
+                "channel_multipliers", "need >= 1 entries, each >= 1")
+        require(self.num_res_blocks >= 0, "num_res_blocks", "must be >= 0")
+        require(self.embedding_dim >= 1, "embedding_dim", "must be >= 1")
+        for mult in self.channel_multipliers:
+            require((self.filters * mult) % self.norm_groups == 0, "norm_groups",
+                    f"must divide every level width (filters * multiplier = "
+                    f"{self.filters * mult})")
 
 
 def downsample_factor(config: ml_collections.ConfigDict) -> int:
@@ -168,7 +152,7 @@ class Tokenizer(nn.Module):
     """Encoder -> dense to code_dim -> quantizer -> dense to embedding_dim -> decoder.
 
     Attributes:
-      config: `model.*` fields (see `default_model_config`).
+      config: `model.*` fields (see `TokenizerModelConfig`).
       quantizer_config: any `fsq_jax.quantizers` config; the quantizer is built from it.
     """
 
@@ -176,7 +160,6 @@ class Tokenizer(nn.Module):
     quantizer_config: ml_collections.ConfigDict
 
     def setup(self) -> None:
-        check_model_config(self.config)
         dim = quantizers.code_dim(self.quantizer_config)
         self.encoder = Encoder(self.config)
         self.project_in = nn.Dense(dim, dtype=jnp.float32, name="project_in")
@@ -237,9 +220,8 @@ __all__: Sequence[str] = (
     "Encoder",
     "ResBlock",
     "Tokenizer",
+    "TokenizerModelConfig",
     "build",
-    "check_model_config",
-    "default_model_config",
     "downsample_factor",
     "param_count",
     "token_grid",

@@ -8,78 +8,57 @@ guidance); the head predicts image codes only.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
-DROPOUT_RNGS = ("threefry", "rbg")
+from fsq_jax.config_lib import require
+from fsq_jax.dtypes import DTYPES, DTypeName
+
 LAYERNORM_EPS = 1e-12  # BERT's, as MaskGIT
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-    """Transformer fields (MaskGIT's class-conditional ImageNet 256 model by default)."""
-    return ml_collections.ConfigDict(
-        {
-            "num_layers": 24,
-            "hidden_size": 768,
-            "num_heads": 16,
-            "mlp_dim": 3072,
-            "dropout_rate": 0.1,
-            "initializer_range": 0.02,
-            "dtype": "float32",  # compute dtype; params stay float32
-            # Attention kernel: "xla" (any backend) or "cudnn" (fused flash attention; GPU with
-            # bfloat16 only). `benchmarks/maskgit.py --variants attention=cudnn` compares them.
-            "attention": "xla",
-            # Dropout bits: "threefry" (jax's default) or "rbg" (XLA's RngBitGenerator: on
-            # GPUs several times cheaper to draw; the dropout masks differ, their law does not).
-            "dropout_rng": "threefry",
-        }
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerModelConfig:
+    """`model.*` of the stage-II transformer (google-research/maskgit
+    `configs/maskgit_class_cond_config.py` for the values in configs/maskgit/transformer.py)."""
 
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float
+    initializer_range: float
+    dtype: DTypeName  # compute dtype; params stay float32
+    # Attention kernel: "xla" (any backend) or "cudnn" (fused flash attention; GPU with
+    # bfloat16 only). `benchmarks/maskgit.py --variants attention=cudnn` compares them.
+    attention: Literal["xla", "cudnn"]
+    # Dropout bits: "threefry" (jax's default) or "rbg" (XLA's RngBitGenerator: on GPUs several
+    # times cheaper to draw; the dropout masks differ, their law does not).
+    dropout_rng: Literal["threefry", "rbg"]
 
-def _field(config: ml_collections.ConfigDict, name: str) -> object:
-    """`config[name]`, or its default for configs saved before the field existed."""
-    return config[name] if name in config else default_model_config()[name]
-
-
-def check_model_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad `model.*` field."""
-    unknown = sorted(set(config.keys()) - set(default_model_config().keys()))
-    if unknown:
-        raise ValueError(f"model.{unknown[0]}: unknown field for the transformer")
-    for field in ("num_layers", "hidden_size", "num_heads", "mlp_dim"):
-        if config[field] < 1:
-            raise ValueError(f"model.{field} = {config[field]}: must be >= 1")
-    if config.hidden_size % config.num_heads:
-        raise ValueError(
-            f"model.num_heads = {config.num_heads}: must divide model.hidden_size "
-            f"({config.hidden_size})"
-        )
-    if not 0.0 <= config.dropout_rate < 1.0:
-        raise ValueError(f"model.dropout_rate = {config.dropout_rate}: must be in [0, 1)")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"model.dtype = {config.dtype!r}: one of {sorted(DTYPES)}")
-    attention = _field(config, "attention")
-    if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"model.attention = {attention!r}: one of {ATTENTION_IMPLEMENTATIONS}")
-    if attention == "cudnn" and config.dtype != "bfloat16":
-        raise ValueError("model.attention = 'cudnn' needs model.dtype = 'bfloat16'")
-    dropout_rng = _field(config, "dropout_rng")
-    if dropout_rng not in DROPOUT_RNGS:
-        raise ValueError(f"model.dropout_rng = {dropout_rng!r}: one of {DROPOUT_RNGS}")
+    def __post_init__(self):
+        for field in ("num_layers", "hidden_size", "num_heads", "mlp_dim"):
+            require(getattr(self, field) >= 1, field, "must be >= 1")
+        require(self.hidden_size % self.num_heads == 0, "num_heads",
+                f"must divide model.hidden_size ({self.hidden_size})")
+        require(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "must be in [0, 1)")
+        require(self.attention != "cudnn" or self.dtype == "bfloat16", "attention",
+                "'cudnn' needs model.dtype = 'bfloat16'")
 
 
 def attention_implementation(config: ml_collections.ConfigDict) -> str | None:
     """The `jax.nn.dot_product_attention` implementation for `model.attention` (None: XLA)."""
-    return "cudnn" if _field(config, "attention") == "cudnn" else None
+    return "cudnn" if config.attention == "cudnn" else None
 
 
 def dropout_key(rng: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
     """The dropout stream's key from a step key, in the generator `model.dropout_rng` names."""
-    if _field(config, "dropout_rng") == "threefry":
+    if config.dropout_rng == "threefry":
         return rng
     bits = jax.random.bits(rng, (4,), jnp.uint32)  # an rbg key is 4 words
     return jax.random.wrap_key_data(bits, impl="rbg")
@@ -151,7 +130,7 @@ class MaskedTransformer(nn.Module):
     """Predicts image codes at every position from a partly masked token grid and a class.
 
     Attributes:
-      config: `model.*` fields (see `default_model_config`).
+      config: `model.*` fields (see `TransformerModelConfig`).
       codebook_size: number of image codes K (ids 0..K-1; K is [MASK]).
       num_classes: number of classes C (label C is the null class).
       seq_len: tokens per image (h * w).
@@ -168,7 +147,6 @@ class MaskedTransformer(nn.Module):
 
         Returns float32 logits [B, N, K] over the image codes.
         """
-        check_model_config(self.config)
         config = self.config
         dtype = DTYPES[config.dtype]
         init = nn.initializers.truncated_normal(config.initializer_range)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from fsq_jax.train import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, pictures and the report go.")
 _RESTART = flags.DEFINE_bool("restart", False, "Retrain everything instead of reusing runs.")
@@ -58,6 +59,7 @@ def ensure_inception_weights() -> None:
 
 def real_images_baseline(config, workdir: str, restart: bool) -> dict[str, float]:
     """The real-images floor of the sampling metrics, computed once per image count."""
+    from fsq_jax.train.evaluation import context_for
     from maskgit import evaluation
 
     path = os.path.join(workdir, "real_images_baseline.json")
@@ -69,20 +71,19 @@ def real_images_baseline(config, workdir: str, restart: bool) -> dict[str, float
             return stored
     print(f"\n=== real images as samples ({num_images}): the floor of FID / precision / recall",
           flush=True)
-    baseline = {"num_images": num_images, **evaluation.real_images_baseline(config)}
+    context = context_for(config)
+    baseline = {"num_images": num_images, **evaluation.real_images_baseline(config, context)}
     with open(path, "w") as f:
         json.dump(baseline, f, indent=2)
     return baseline
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    from fsq_jax import quantizers
+    cli.start(argv)
+    from fsq_jax import config_lib, quantizers
     from fsq_jax.reporting import demo
-    from fsq_jax.train import cli
     from maskgit import pipeline
 
-    cli.quiet_library_logs()
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     ensure_inception_weights()
@@ -102,7 +103,7 @@ def main(argv: list[str]) -> None:
                                       _TRANSFORMER_STEPS.value)):
             out_dir = os.path.join(run_dir, stage, "evaluation")
             for key, value in demo_overrides(stage, steps, _EVAL_IMAGES.value, out_dir).items():
-                pipeline.set_field(config, key, value)
+                config_lib.set_field(config, key, value)
         label = f"{name} (both stages, with evaluation)"
         start = time.time()
         print(f"\n=== {name.upper()}: tokenizer, then transformer, in {run_dir}", flush=True)
@@ -135,4 +136,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -1,7 +1,12 @@
-"""Evaluates the latest checkpoint of a workdir and writes `workdir/results.json`.
+"""Evaluates the newest good checkpoint of a run, without changing its workdir.
 
-`scripts/evaluate.py --config configs/….py:args --workdir DIR` runs the task's eval step over
-`eval_steps` validation batches and its evaluators (FID, PQ, codebook usage, ...).
+    python scripts/evaluate.py --workdir DIR [--out results.json]
+    python scripts/evaluate.py --workdir DIR --config configs/….py:preset --config.x=y
+
+By default the run's own `config.json` is used, so no training override has to be typed again;
+`--config` evaluates under another config instead. Runs the task's eval step over `eval_steps`
+validation batches and its evaluators (FID, PQ, codebook usage, ...), prints the results as JSON
+and, with `--out`, writes them there.
 """
 
 from __future__ import annotations
@@ -9,25 +14,34 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
+from ml_collections import config_flags
 
-from fsq_jax import train
 from fsq_jax.train import cli
 
-FLAGS = flags.FLAGS
-cli.define_run_flags("Training workdir holding checkpoints/.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file and preset (default: the workdir's config.json).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.", required=True)
+_OUT = flags.DEFINE_string("out", "", "Also write the results to this JSON file.")
 
 
 def main(argv: list[str]) -> None:
-    cli.start_run(argv)
+    cli.start(argv)
+    from fsq_jax import run_dir, train
+
     try:
-        results = train.evaluate(FLAGS.config, FLAGS.workdir)
+        config = _CONFIG.value or run_dir.read_config(_WORKDIR.value)
+        results = train.evaluate(config, _WORKDIR.value)
     except train.ConfigError as e:
         sys.exit(f"config error: {e}")
-    except (FileNotFoundError, train.CheckpointError) as e:
+    except (FileNotFoundError, ValueError, train.CheckpointError) as e:
         sys.exit(f"evaluation failed: {e}")
-    print(json.dumps(results, indent=2, sort_keys=True))
+    text = json.dumps(results, indent=2, sort_keys=True)
+    print(text)
+    if _OUT.value:
+        run_dir.write_json(_OUT.value, results)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from fsq_jax import data
@@ -24,17 +24,18 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_library_logs()
-    from maskgit import tasks
+    cli.start(argv)
+    from fsq_jax import train
 
     config = flags.FLAGS.config
     if not config.get("token_cache", {}).get("dir"):
         sys.exit("config error: --config.token_cache.dir: set the directory to write")
     try:
-        task = tasks.TransformerTask(config)
+        train.validate(config)
+        task = train.build_task(config)
         source = task.open_token_cache(log=lambda line: print(line, flush=True))
+    except train.ConfigError as error:
+        sys.exit(f"config error: {error}")
     except (FileNotFoundError, data.DataError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"token cache {source.directory}: {len(source)} examples, "
@@ -42,4 +43,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -6,14 +6,22 @@ bright) and the panoptic map (a colour per class, shades per instance, stuff in 
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 import matplotlib
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from fsq_jax.data import scenes
+from fsq_jax.train import cli
+
+_OUTPUT = flags.DEFINE_string("output", "docs/scenes.png", "Where the PNG goes.")
+_SEED = flags.DEFINE_integer("seed", 0, "Data seed of the scenes.")
+_SPLIT = flags.DEFINE_string("split", "train", "Split of the scenes.")
+_COUNT = flags.DEFINE_integer("count", 16, "Number of scenes.")
+_GROUPS = flags.DEFINE_integer("groups", 2, "Scenes side by side per row.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Pixels per side.")
 
 
 def depth_colours(depth: np.ndarray) -> np.ndarray:
@@ -64,21 +72,14 @@ def grid(seed: int, split: str, count: int, image_size: int, groups: int) -> np.
     return canvas
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", default="docs/scenes.png")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--count", type=int, default=16)
-    parser.add_argument("--groups", type=int, default=2)
-    parser.add_argument("--image_size", type=int, default=128)
-    args = parser.parse_args()
-    image = grid(args.seed, args.split, args.count, args.image_size, args.groups)
-    path = pathlib.Path(args.output)
+def main(argv: list[str]) -> None:
+    cli.start(argv)
+    image = grid(_SEED.value, _SPLIT.value, _COUNT.value, _IMAGE_SIZE.value, _GROUPS.value)
+    path = pathlib.Path(_OUTPUT.value)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     print(f"wrote {path} ({image.shape[1]}x{image.shape[0]})")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

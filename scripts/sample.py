@@ -40,22 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     from PIL import Image
 
-    from fsq_jax.train import restore_latest
-    from fsq_jax.train.loop import _read_config
+    from fsq_jax.images import image_grid
     from maskgit import tasks
 
-    config, restored = restore_latest(args.workdir)
+    try:
+        task, restored = tasks.TransformerTask.from_workdir(args.workdir)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"cannot sample from {args.workdir!r}: {error}")
     for field in ("guidance_scale", "num_steps", "choice_temperature"):
         value = getattr(args, field)
         if value is not None:
-            config.sampling[field] = value
-    if "tokenizer" not in (restored.get("model_state") or {}):
-        sys.exit(f"{args.workdir!r} is not a MaskGIT transformer workdir")
-    try:
-        tokenizer_config = _read_config(config.tokenizer_workdir)
-    except FileNotFoundError as error:
-        sys.exit(f"config.tokenizer_workdir = {config.tokenizer_workdir!r}: {error}")
-    task = tasks.TransformerTask(config, tokenizer_config, restored["model_state"]["tokenizer"])
+            task.config.sampling[field] = value
     sample = task.sample_fn(restored)
     rng = jax.random.key(args.seed)
     out = args.out or os.path.join(args.workdir, "samples")
@@ -64,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = min(task.num_classes, args.max_classes)
     grid_labels = np.repeat(np.arange(classes, dtype=np.int32), args.per_class)
     grid_images = sample(grid_labels, jax.random.fold_in(rng, 0))
-    grid = tasks.image_grid(grid_images, rows=classes)
+    grid = image_grid(grid_images, rows=classes)
     Image.fromarray(grid).save(os.path.join(out, "samples_grid.png"))
 
     images, labels = [], []

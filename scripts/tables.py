@@ -8,36 +8,36 @@ paper's, each with the config and checkpoint it came from.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from fsq_jax.reporting import collect, tables
+from absl import flags
+
+from fsq_jax.train import cli
+
+_RUNS = flags.DEFINE_list("runs", ["runs"], "Directories searched (recursively) for runs.")
+_OUT = flags.DEFINE_string("out", "", "Also write the markdown to this file.")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=["runs"],
-                        help="directories searched (recursively) for evaluated runs")
-    parser.add_argument("--out", default="", help="also write the markdown to this file")
-    args = parser.parse_args(argv)
+def main(argv: list[str]) -> None:
+    cli.start(argv)
+    from fsq_jax.reporting import collect, tables
+
     try:
-        runs = list(collect.find_runs(args.runs))
+        runs = list(collect.find_runs(_RUNS.value))
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        sys.exit(f"error: {error}")
     maskgit, uvim = collect.collect(runs)
     text = "\n".join([
-        f"Runs found: {len(runs)} under {', '.join(args.runs)}.",
+        f"Runs found: {len(runs)} under {', '.join(_RUNS.value)}.",
         "",
         tables.maskgit_table(maskgit, title="MaskGIT (FID, precision, recall, usage)"),
         tables.uvim_table(uvim, title="UViM (Table 2)"),
     ])
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
             f.write(text)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from fsq_jax import data, train
 from fsq_jax.train import cli
 
 FLAGS = flags.FLAGS
 cli.define_run_flags("Directory for checkpoints, metrics, images and results.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Persistent XLA compilation cache, so a rerun or a resumed run "
+    "does not compile again (default: WORKDIR/compilation_cache; '' disables).")
 
 
 def main(argv: list[str]) -> None:
     cli.start_run(argv)
+    cli.enable_compilation_cache(_CACHE.value, FLAGS.workdir)
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.ConfigError as e:
@@ -36,4 +40,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

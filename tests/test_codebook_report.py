@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from fsq_jax.eval import codebook_report, evaluators
+from fsq_jax.train import EvalContext, sharding
 
 
 def test_stats_hand_worked():
@@ -48,10 +51,13 @@ def test_histogram_png(tmp_path):
 
 def test_codebook_usage_evaluator(tmp_path):
     data = [{"tokens": np.array([[0, 1], [2, 3]])}, {"tokens": np.array([[3, 3], [3, 3]])}]
+    context = EvalContext(sharding.create_mesh(), jax.random.key(0), 0,
+                          lambda config, split, batch_size, **kwargs: iter(data),
+                          ml_collections.ConfigDict())
     evaluator = evaluators.CodebookUsageEvaluator(
-        "tokenizer", lambda state, batch: batch["tokens"] + state, lambda: iter(data), 8,
-        out_dir=tmp_path)
-    values = dict(evaluator.run(0))
+        "tokenizer", lambda state, batch, context: batch["tokens"] + state, 8, num_examples=4,
+        batch_size=2, out_dir=tmp_path)
+    values = dict(evaluator.run(0, context))
     # Counts [1, 1, 1, 5, 0, 0, 0, 0] over 8 tokens.
     assert values["usage"] == 0.5
     expected_entropy = -(3 * (1 / 8) * math.log2(1 / 8) + (5 / 8) * math.log2(5 / 8))
@@ -61,4 +67,5 @@ def test_codebook_usage_evaluator(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "tokenizer_counts.npy"),
                                   [1, 1, 1, 5, 0, 0, 0, 0])
     with pytest.raises(ValueError, match="codebook_size"):
-        evaluators.CodebookUsageEvaluator("t", lambda s, b: b, lambda: iter(()), 0)
+        evaluators.CodebookUsageEvaluator("t", lambda s, b, c: b, 0, num_examples=1,
+                                          batch_size=1)

@@ -106,7 +106,8 @@ def test_a_trained_transformer_needs_fewer_bits_than_an_untrained_one():
     codebook_size, num_classes, seq_len = 8, 4, 16
     config = ml_collections.ConfigDict({
         "num_layers": 1, "hidden_size": 32, "num_heads": 2, "mlp_dim": 64,
-        "dropout_rate": 0.0, "initializer_range": 0.02, "dtype": "float32"})
+        "dropout_rate": 0.0, "initializer_range": 0.02, "dtype": "float32", "attention": "xla",
+        "dropout_rng": "threefry"})
     model = transformer.MaskedTransformer(config, codebook_size, num_classes, seq_len)
     mask_id = transformer.mask_token_id(codebook_size)
     labels = jnp.arange(16, dtype=jnp.int32) % num_classes

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fsq_jax.eval import depth, evaluators
+from fsq_jax.eval import depth
 
 
 def _hand_worked_batch():
@@ -85,15 +85,3 @@ def test_empty_images_are_skipped_and_bad_inputs_rejected():
     assert clipped.result()["rmse"] == pytest.approx(1.0 - 1e-3)
     with pytest.raises(ValueError, match="min_depth"):
         depth.DepthMetrics(min_depth=5.0, max_depth=1.0)
-
-
-def test_depth_evaluator():
-    pred, gt = _hand_worked_batch()
-    data = [{"depth": gt[:1]}, {"depth": gt[1:]}]
-    predictions = {id(data[0]["depth"]): pred[:1], id(data[1]["depth"]): pred[1:]}
-    evaluator = evaluators.DepthEvaluator(
-        "nyu", lambda state, batch: predictions[id(batch["depth"])], lambda: iter(data))
-    assert evaluator.name == "nyu"
-    values = dict(evaluator.run(None))
-    assert values == pytest.approx(depth.DepthMetrics().update(pred, gt).result())
-    assert list(values) == list(depth.METRIC_NAMES)

@@ -4,11 +4,14 @@ in test_inception.py)."""
 
 from __future__ import annotations
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 import scipy.linalg
 
 from fsq_jax.eval import evaluators, fid
+from fsq_jax.train import EvalContext, sharding
 
 
 class BlockMeanFeatures:
@@ -185,42 +188,51 @@ def test_colorization_fid_is_fid_of_the_two_sets():
         fid.colorization_fid([colorized / 255.0], [originals], extractor)
 
 
+def _context(batches):
+    """An EvalContext whose every split is `batches` (in order)."""
+    data_fn = lambda config, split, batch_size, **kwargs: iter(batches)
+    return EvalContext(sharding.create_mesh(), jax.random.key(0), 0, data_fn,
+                       ml_collections.ConfigDict())
+
+
 def test_fid_evaluator_yields_fid_precision_recall(tmp_path):
     extractor = BlockMeanFeatures()
     data = [{"image": _images(10 + i, 20)} for i in range(4)]
+    context = _context(data)
     seen_rngs = []
 
-    def generate_fn(state, batch, rng):
+    def generate_fn(state, batch, rng, context):
         seen_rngs.append(rng)
         return np.clip(batch["image"].astype(np.int32) + state, 0, 255).astype(np.uint8)
 
-    evaluator = evaluators.FIDEvaluator("fid_eval", generate_fn, lambda: iter(data),
-                                        "test/ref/16", 60, tmp_path, extractor=extractor)
-    identical = dict(evaluator.run(0))
+    def make(name, fn=generate_fn, key="test/ref/16", num=60, **kwargs):
+        return evaluators.FIDEvaluator(name, fn, num_samples=num, batch_size=20,
+                                       reference_key=key, cache_dir=tmp_path,
+                                       extractor=extractor, **kwargs)
+
+    evaluator = make("fid_eval")
+    identical = dict(evaluator.run(0, context))
     assert set(identical) == {"fid", "precision", "recall"}
     assert identical["fid"] == pytest.approx(0.0, abs=1e-6)
     assert identical["precision"] == identical["recall"] == 1.0
-    shifted = dict(evaluator.run(60))
+    shifted = dict(evaluator.run(60, context))
     real = extractor(np.concatenate([d["image"] for d in data])[:60])
-    fake = extractor(np.concatenate([generate_fn(60, d, None) for d in data])[:60])
+    fake = extractor(np.concatenate([generate_fn(60, d, None, None) for d in data])[:60])
     expected = fid.fid_from_stats(fid.FeatureStats(48).update(real),
                                   fid.FeatureStats(48).update(fake))
     assert shifted["fid"] == pytest.approx(expected, rel=1e-9)
     assert shifted["fid"] > 1e-3
     assert len({str(r) for r in seen_rngs[:3]}) == 3  # a distinct rng per batch
+    np.testing.assert_array_equal(jax.random.key_data(seen_rngs[1]),
+                                  jax.random.key_data(context.batch_rng(1)))
     with pytest.raises(ValueError, match="singular"):
-        evaluators.FIDEvaluator("f", generate_fn, lambda: iter(data), "k", 40, tmp_path,
-                                extractor=extractor)
-    bad = evaluators.FIDEvaluator("f", lambda s, b, r: b["image"] / 255.0, lambda: iter(data),
-                                  "k", 60, tmp_path, extractor=extractor)
+        make("f", key="k", num=40)
+    bad = make("f", fn=lambda s, b, r, c: b["image"] / 255.0, key="k")
     with pytest.raises(ValueError, match="generate_fn must return uint8"):
-        dict(bad.run(0))
-    fid_only = evaluators.FIDEvaluator("fid_only", generate_fn, lambda: iter(data), "test/ref/16",
-                                       60, tmp_path, extractor=extractor,
-                                       compute_precision_recall=False)
-    assert dict(fid_only.run(60)) == pytest.approx({"fid": shifted["fid"]}, rel=1e-9)
+        dict(bad.run(0, context))
+    fid_only = make("fid_only", compute_precision_recall=False)
+    assert dict(fid_only.run(60, context)) == pytest.approx({"fid": shifted["fid"]}, rel=1e-9)
     assert (tmp_path / "fid_stats" / "test__ref__16__n60.npz").is_file()
-    short = evaluators.FIDEvaluator("f", generate_fn, lambda: iter(data[:1]), "k2", 60,
-                                    tmp_path, extractor=extractor)
+    short = make("f", key="k2")
     with pytest.raises(ValueError, match="ran out"):
-        dict(short.run(0))
+        dict(short.run(0, _context(data[:1])))

@@ -63,7 +63,7 @@ def test_golden_values(levels, z, codes, index, shift):
 
 
 def test_build_default_is_paper_fsq():
-    config = quantizers.default_config("fsq")
+    config = quantizers.config("fsq")
     fsq = quantizers.build(config)
     assert isinstance(fsq, FSQ) and tuple(fsq.levels) == (8, 5, 5, 5)
     assert fsq.codebook_size == 1000 and quantizers.code_dim(config) == 4
@@ -131,16 +131,15 @@ def test_indices_exact_at_int32_limit():
     "levels, match",
     [
         ((1, 5), "levels must all be >= 2"),
-        ((8, 2.5), "integers"),
-        ((8, "5"), "integers"),
+        ((8, 2.5), "integers|must be int"),
+        ((8, "5"), "integers|must be int"),
         ((), "empty"),
     ],
 )
 def test_bad_levels(levels, match):
     with pytest.raises(ValueError, match=match):
         FSQ(levels=levels)
-    config = quantizers.default_config("fsq")
-    config.levels = levels
+    config = quantizers.config("fsq", levels=levels)
     with pytest.raises(ValueError, match=match):
         quantizers.build(config)
 

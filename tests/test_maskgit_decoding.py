@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.maskgit import transformer as transformer_configs
+from fsq_jax import config_lib
 from maskgit import decoding, masking
 
 SEQ_LEN = 16
@@ -143,7 +145,7 @@ def test_guidance_uses_null_class():
 
 def test_decoding_is_one_loop_and_batch_shards():
     fn = _toy_logits_fn()
-    config = decoding.default_config()
+    config = transformer_configs.get_config("fsq,tiny").sampling
     config.num_steps = 5
 
     def sample(labels, rng):
@@ -165,11 +167,8 @@ def test_decoding_is_one_loop_and_batch_shards():
 
 
 def test_sampling_config_errors_name_field():
-    config = decoding.default_config()
-    config.num_steps = 0
-    with pytest.raises(ValueError, match=r"sampling.num_steps"):
-        decoding.check_config(config)
-    config = decoding.default_config()
-    config.guidance_scale = -1.0
-    with pytest.raises(ValueError, match=r"sampling.guidance_scale"):
-        decoding.check_config(config)
+    for field, value in (("num_steps", 0), ("guidance_scale", -1.0), ("temperature", 0.0)):
+        config = transformer_configs.get_config("fsq,tiny").sampling
+        config[field] = value
+        with pytest.raises(ValueError, match=rf"config.sampling.{field} = {value}: must be"):
+            config_lib.check(config, decoding.SamplingConfig, "config.sampling")

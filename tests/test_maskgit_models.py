@@ -9,7 +9,7 @@ import pytest
 
 from configs.maskgit import tokenizer as tokenizer_configs
 from configs.maskgit import transformer as transformer_configs
-from fsq_jax import quantizers
+from fsq_jax import config_lib, quantizers, train
 from maskgit import discriminator, losses, tasks, tokenizer, transformer
 
 
@@ -65,9 +65,10 @@ def test_preset_shapes_and_parameter_counts(arg):
 def test_paper_presets_follow_the_paper():
     fsq = tokenizer_configs.get_config("fsq,paper")
     vq = tokenizer_configs.get_config("vq,paper")
-    assert tuple(fsq.quantizer.levels) == (8, 5, 5, 5)
+    assert tuple(fsq.quantizer.fsq.levels) == (8, 5, 5, 5)
     assert quantizers.code_dim(fsq.quantizer) == 4
-    assert (vq.quantizer.codebook_size, vq.quantizer.beta, vq.quantizer.entropy_weight) == (
+    assert (vq.quantizer.vq.codebook_size, vq.quantizer.vq.beta,
+            vq.quantizer.vq.entropy_weight) == (
         1024,
         0.25,
         0.1,
@@ -96,14 +97,14 @@ def test_bad_preset_names_arg():
 def test_model_config_errors_name_the_field():
     config = tokenizer_configs.get_config("fsq,tiny")
     config.model.norm_groups = 7
-    with pytest.raises(ValueError, match=r"model.norm_groups"):
-        tokenizer.check_model_config(config.model)
+    with pytest.raises(ValueError, match=r"config.model.norm_groups = 7: must divide"):
+        config_lib.check(config.model, tokenizer.TokenizerModelConfig, "config.model")
     with pytest.raises(ValueError, match=r"data.image_size"):
         tokenizer.token_grid(tokenizer_configs.get_config("fsq,tiny").model, 30)
     stage2 = transformer_configs.get_config("fsq,tiny")
     stage2.model.num_heads = 5
-    with pytest.raises(ValueError, match=r"model.num_heads"):
-        transformer.check_model_config(stage2.model)
+    with pytest.raises(ValueError, match=r"config.model.num_heads = 5: must divide"):
+        config_lib.check(stage2.model, transformer.TransformerModelConfig, "config.model")
 
 
 def test_transformer_output_is_tied_to_token_embedding():
@@ -132,9 +133,12 @@ def test_blur_downsample_matches_depthwise_convolution():
 
 
 def test_discriminator_rejects_non_power_of_two():
-    config = discriminator.default_config()
     with pytest.raises(ValueError, match=r"data.image_size"):
-        discriminator.check_config(config, 48)
+        discriminator.check_image_size(48)
+    config = tokenizer_configs.get_config("fsq,tiny")
+    config.data.image_size = 48
+    with pytest.raises(ValueError, match=r"config.data.image_size = 48: the discriminator"):
+        train.validate(config)
 
 
 def test_gan_losses_match_their_equations():
@@ -163,7 +167,7 @@ def test_gan_losses_match_their_equations():
 
 
 def test_perceptual_network_needs_weights(tmp_path):
-    config = losses.default_config()
+    config = tokenizer_configs.get_config("fsq,tiny").loss
     config.perceptual_network = "lpips_vgg"
     with pytest.raises(ValueError, match=r"loss.perceptual_weights"):
         losses.load_perceptual(config)
@@ -193,7 +197,7 @@ def test_lpips_vgg_from_user_weights(tmp_path):
             arrays[key] = np.zeros(in_channels, np.float32)
     path = tmp_path / "lpips.npz"
     np.savez(path, **arrays)
-    config = losses.default_config()
+    config = tokenizer_configs.get_config("fsq,tiny").loss
     config.perceptual_network = "lpips_vgg"
     config.perceptual_weights = str(path)
     network, params = losses.load_perceptual(config)

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from fsq_jax import run_dir
 from maskgit import pipeline
 
 
@@ -20,7 +21,7 @@ class FakeLoop:
         self.calls.append((config, workdir))
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(pipeline.config_json(config), f)
+            json.dump(run_dir.config_json(config), f)
         results = {"step": config.total_steps, "train": {}, "eval": {},
                    "evaluators": {"codebook/usage": 0.5}, "call": len(self.calls)}
         with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -45,13 +46,13 @@ def configs():
 def test_configs_for_applies_shared_and_per_stage_overrides():
     tokenizer, transformer = pipeline.configs_for("fsq", "tiny", {
         "total_steps": 500,
-        "quantizer.levels": (8, 5, 5, 5),
+        "quantizer.fsq.levels": (8, 5, 5, 5),
         "transformer.model.num_layers": 2,
         "tokenizer.batch_size": 16,
         "evaluators.fid": False,
     })
     assert tokenizer.total_steps == transformer.total_steps == 500
-    assert tuple(tokenizer.quantizer.levels) == (8, 5, 5, 5)
+    assert tuple(tokenizer.quantizer.fsq.levels) == (8, 5, 5, 5)
     assert transformer.model.num_layers == 2 and tokenizer.model.num_res_blocks == 1
     _, default_transformer = pipeline.configs_for("fsq", "tiny")
     assert tokenizer.batch_size == 16
@@ -59,14 +60,14 @@ def test_configs_for_applies_shared_and_per_stage_overrides():
     assert not tokenizer.evaluators.fid and not transformer.evaluators.fid
     assert tokenizer.task == "maskgit.tasks:TokenizerTask"
     assert transformer.task == "maskgit.tasks:TransformerTask"
-    vq, _ = pipeline.configs_for("vq", "tiny", {"quantizer.codebook_size": 4096})
-    assert vq.quantizer.codebook_size == 4096
+    vq, _ = pipeline.configs_for("vq", "tiny", {"quantizer.vq.codebook_size": 4096})
+    assert vq.quantizer.vq.codebook_size == 4096
 
 
 @pytest.mark.parametrize("overrides, match", [
     ({"no_such_field": 1}, "no_such_field"),
     ({"tokenizer.model.no_such": 1}, "no_such"),
-    ({"transformer.quantizer.levels": (5, 3)}, "quantizer"),
+    ({"transformer.quantizer.fsq.levels": (5, 3)}, "quantizer"),
     ({"total_steps": "many"}, "total_steps"),
 ])
 def test_bad_overrides_name_the_key(overrides, match):
@@ -75,16 +76,16 @@ def test_bad_overrides_name_the_key(overrides, match):
 
 
 def test_configs_for_rejects_unknown_presets():
-    with pytest.raises(ValueError, match="quantizer_name"):
+    with pytest.raises(ValueError, match="unknown preset 'lfq2' \\(did you mean 'lfq'"):
         pipeline.configs_for("lfq2")
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
         pipeline.configs_for("fsq", "huge")
 
 
 def _write_run(workdir, config, step):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(pipeline.config_json(config), f)
+        json.dump(run_dir.config_json(config), f)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump({"step": step, "evaluators": {"reconstruction/fid": 12.5}}, f)
 
@@ -118,8 +119,9 @@ def test_run_stage_refuses_to_mix_configs(tmp_path, configs, fake_loop):
     tokenizer, _ = configs
     workdir = str(tmp_path / "run")
     _write_run(workdir, tokenizer, tokenizer.total_steps)
-    other = pipeline.configs_for("fsq", "tiny", {"total_steps": 7, "quantizer.levels": (5, 3)})[0]
-    with pytest.raises(ValueError, match=r"different config.*quantizer\.levels"):
+    other = pipeline.configs_for("fsq", "tiny", {"total_steps": 7,
+                                                 "quantizer.fsq.levels": (5, 3)})[0]
+    with pytest.raises(ValueError, match=r"different config.*quantizer\.fsq\.levels"):
         pipeline.run_stage(other, workdir)
     assert fake_loop.calls == []
     assert pipeline.run_stage(other, workdir, restart=True)["call"] == 1

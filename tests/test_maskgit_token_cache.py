@@ -11,7 +11,7 @@ import pytest
 
 from configs.maskgit import tokenizer as tokenizer_configs
 from configs.maskgit import transformer as transformer_configs
-from fsq_jax import data
+from fsq_jax import config_lib, data, train
 from maskgit import tasks, token_cache, transformer
 
 TRAIN_SIZE = 40
@@ -35,7 +35,9 @@ def _stage2(stage1, cache_dir: str = "", **model):
     config.optimizer.warmup_steps = 0
     config.data.train_size = TRAIN_SIZE
     config.token_cache.update(dir=cache_dir, batch_size=16)  # 40 = 16 + 16 + 8: a partial batch
-    return tasks.TransformerTask(config, config1, variables)
+    return tasks.TransformerTask(config,
+                                 frozen=train.frozen_from_variables(config1, "generator",
+                                                                    variables))
 
 
 def test_cache_holds_the_exact_tokens_of_the_train_stream(stage1, tmp_path):
@@ -93,7 +95,9 @@ def test_a_cache_for_other_inputs_is_refused_and_kept(stage1, tmp_path):
         other.open_token_cache()
     config1, variables = stage1
     retrained = jax.tree.map(lambda x: x + 1e-3, variables)
-    other = tasks.TransformerTask(_stage2(stage1, directory).config, config1, retrained)
+    other = tasks.TransformerTask(_stage2(stage1, directory).config,
+                                  frozen=train.frozen_from_variables(config1, "generator",
+                                                                     retrained))
     with pytest.raises(token_cache.TokenCacheError, match=r"tokenizer_sha256"):
         other.open_token_cache()
     assert before == {name: os.path.getmtime(os.path.join(directory, name))
@@ -135,24 +139,25 @@ def test_interrupted_build_leaves_nothing_that_looks_finished(stage1, tmp_path):
 def test_config_errors_name_the_field(stage1):
     config = _stage2(stage1).config
     config.token_cache.passes = 0
-    with pytest.raises(ValueError, match=r"token_cache.passes"):
-        tasks.TransformerTask.check_config(config)
-    model = transformer.default_model_config()
-    model.attention = "flash"
-    with pytest.raises(ValueError, match=r"model.attention = 'flash'"):
-        transformer.check_model_config(model)
-    model.attention = "cudnn"
+    with pytest.raises(ValueError, match=r"config.token_cache.passes = 0: must be >= 1"):
+        config_lib.check(config.token_cache, token_cache.TokenCacheConfig, "config.token_cache")
+
+    def check_model(**fields):
+        model = transformer_configs.get_config("fsq,tiny").model
+        model.update(fields)
+        config_lib.check(model, transformer.TransformerModelConfig, "config.model")
+
+    with pytest.raises(ValueError, match=r"config.model.attention = 'flash': must be one of"):
+        check_model(attention="flash")
     with pytest.raises(ValueError, match=r"needs model.dtype = 'bfloat16'"):
-        transformer.check_model_config(model)
-    model = transformer.default_model_config()
-    model.dropout_rng = "philox"
-    with pytest.raises(ValueError, match=r"model.dropout_rng"):
-        transformer.check_model_config(model)
+        check_model(attention="cudnn")
+    with pytest.raises(ValueError, match=r"config.model.dropout_rng = 'philox'"):
+        check_model(dropout_rng="philox")
 
 
 def test_rbg_dropout_trains_and_keeps_the_dropout_rate(stage1):
     """rbg keys give other masks with the same law: the step runs, and dropout keeps ~90%."""
-    config = transformer.default_model_config()
+    config = transformer_configs.get_config("fsq,tiny").model
     config.dropout_rng = "rbg"
     rbg = transformer.dropout_key(jax.random.key(3), config)
     assert str(jax.random.key_impl(rbg)) == "rbg"

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from fsq_jax.eval import evaluators, panoptic
+from fsq_jax.eval import panoptic
 
 THINGS = (0, 1, 2)
 STUFF = (3, 4, 5)
@@ -211,18 +211,3 @@ def test_parity_with_panopticapi(tmp_path, capsys):
     for c, s in stat.pq_per_cat.items():
         assert (s.tp, s.fp, s.fn) == tuple(ours.stats.get(c - 1, {"tp": 0, "fp": 0, "fn": 0})[f]
                                            for f in ("tp", "fp", "fn"))
-
-
-def test_panoptic_evaluator():
-    batch = _random_batch(np.random.default_rng(3), 4, 16, 16)
-    data = [{"panoptic_semantic": batch[0], "panoptic_instance": batch[1],
-             "panoptic_crowd": batch[4], "pred": (batch[2], batch[3])}]
-    evaluator = evaluators.PanopticEvaluator("panoptic", lambda state, b: b["pred"],
-                                             lambda: iter(data), THINGS)
-    assert evaluator.name == "panoptic"
-    values = dict(evaluator.run(None))
-    expected = panoptic.PanopticQuality(THINGS).update(
-        batch[0], batch[1], batch[2], batch[3], gt_crowd=batch[4]).result()
-    assert values == pytest.approx(expected, nan_ok=True)
-    assert set(values) == {f"{m}{s}" for m in ("pq", "sq", "rq")
-                           for s in ("", "_things", "_stuff")}

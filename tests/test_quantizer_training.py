@@ -80,15 +80,11 @@ def _train(config: ml_collections.ConfigDict, steps: int, learning_rate: float =
 
 
 def _fsq_config():
-    config = quantizers.default_config("fsq")
-    config.levels = (5, 5, 5)
-    return config
+    return quantizers.config("fsq", levels=(5, 5, 5))
 
 
 def _vq_config(**overrides):
-    config = quantizers.default_config("vq")
-    config.update({"codebook_size": 64, "dim": 8, **overrides})
-    return config
+    return quantizers.config("vq", **{"codebook_size": 64, "dim": 8, **overrides})
 
 
 def _assert_learns(losses: np.ndarray, factor: float):
@@ -116,8 +112,8 @@ def test_tiny_autoencoder_loss_falls(config, factor, min_usage):
         (_vq_config(), 0.2, 0.45),
         (_vq_config(use_ema=True, reseed_dead_codes=True, dead_code_threshold=0.5), 0.15, 0.9),
         (_vq_config(entropy_weight=0.1, kmeans_init=True), 0.15, 0.9),
-        (quantizers.default_config("residual_fsq"), 0.05, 0.5),
-        (ml_collections.ConfigDict({**quantizers.default_config("lfq"), "dim": 6}), 0.15, 0.5),
+        (quantizers.config("residual_fsq"), 0.05, 0.5),
+        (quantizers.config("lfq", dim=6), 0.15, 0.5),
     ],
     ids=["fsq", "vq", "vq_ema_reseed", "vq_entropy_kmeans", "residual_fsq", "lfq"],
 )

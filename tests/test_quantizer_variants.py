@@ -164,15 +164,16 @@ def test_lfq_commitment_loss():
 
 @pytest.mark.parametrize("name", quantizers.NAMES)
 def test_default_configs_complete_and_buildable(name):
-    config = quantizers.default_config(name)
-    assert isinstance(config, ml_collections.ConfigDict) and config.name == name
-    for key, value in config.items():
+    fields = quantizers.default_config(name)
+    assert isinstance(fields, ml_collections.ConfigDict)
+    for key, value in fields.items():
         assert value is not None, f"{name}.{key} has no default"
+    config = quantizers.config(name)
+    assert config.name == name and set(config) == {"name", *quantizers.NAMES}
     module = quantizers.build(config)
-    expected = {"fsq": FSQ, "vq": VQ, "residual_fsq": ResidualFSQ, "lfq": LFQ}[name]
-    assert type(module) is expected
+    assert type(module) is quantizers.QUANTIZERS[name]
     dim = quantizers.code_dim(config)
-    assert quantizers.codebook_size(config) == module.codebook_size
+    assert dim == module.dim and quantizers.codebook_size(config) == module.codebook_size
     z = jnp.zeros((2, 3, dim))
     variables = jax.jit(module.init)({"params": KEY, quantizers.RNG_STREAM: KEY}, z)
     out = jax.jit(module.apply)(variables, z)
@@ -182,40 +183,58 @@ def test_default_configs_complete_and_buildable(name):
     assert all(v.shape == () for v in out.metrics.values())
 
 
+@pytest.mark.parametrize("name", quantizers.NAMES)
+def test_config_fields_are_the_module_fields(name):
+    """Declared once: the config fields and defaults are the module's own dataclass fields."""
+    module = quantizers.QUANTIZERS[name]()
+    fields = quantizers.default_config(name)
+    for key, value in fields.items():
+        assert getattr(module, key) == value
+
+
 def test_code_dim_values():
-    assert quantizers.code_dim(quantizers.default_config("fsq")) == 4
-    assert quantizers.code_dim(quantizers.default_config("vq")) == 256
-    assert quantizers.code_dim(quantizers.default_config("lfq")) == 10
-    config = quantizers.default_config("residual_fsq")
-    config.levels = (7, 5, 5, 5, 5)
-    assert quantizers.code_dim(config) == 5
+    assert quantizers.code_dim(quantizers.config("fsq")) == 4
+    assert quantizers.code_dim(quantizers.config("vq")) == 256
+    assert quantizers.code_dim(quantizers.config("lfq")) == 10
+    assert quantizers.code_dim(quantizers.config("residual_fsq", levels=(7, 5, 5, 5, 5))) == 5
 
 
-def test_build_accepts_overrides_and_plain_dicts():
-    config = quantizers.default_config("fsq")
-    config.levels = [8, 8, 8, 5, 5, 5]  # lists (e.g. from the command line) become tuples
+def test_name_swaps_the_quantizer_of_a_section():
+    config = quantizers.config("fsq", levels=(8, 8, 8, 5, 5, 5))
+    assert quantizers.codebook_size(config) == 64000
+    config.name = "vq"
+    assert isinstance(quantizers.build(config), VQ) and quantizers.codebook_size(config) == 1024
+
+
+def test_build_accepts_overrides_and_lists():
+    config = quantizers.config("fsq")
+    config.fsq.levels = [8, 8, 8, 5, 5, 5]  # lists (e.g. from JSON) become tuples
     fsq = quantizers.build(config)
     assert fsq.codebook_size == 64000 and tuple(fsq.levels) == (8, 8, 8, 5, 5, 5)
-    vq = quantizers.build({"name": "vq", "codebook_size": 8, "dim": 3, "use_ema": True})
+    vq = quantizers.build(quantizers.config("vq", codebook_size=8, dim=3, use_ema=True))
     assert vq.codebook_size == 8 and vq.dim == 3 and vq.use_ema
 
 
 def test_registry_errors_name_the_problem():
     with pytest.raises(ValueError, match="'fsq2'"):
         quantizers.default_config("fsq2")
-    with pytest.raises(ValueError, match="name must be one of"):
+    with pytest.raises(ValueError, match="'kmeans': not a registered quantizer"):
         quantizers.build({"name": "kmeans"})
-    with pytest.raises(ValueError, match=r"unknown field.*'levles'"):
-        quantizers.build({"name": "fsq", "levles": (8, 5)})
+    bad = quantizers.config("fsq")
+    bad.fsq.levles = (8, 5)
+    with pytest.raises(ValueError, match=r"quantizer.fsq.levles: unknown field; did you mean"):
+        quantizers.build(bad)
     with pytest.raises(ValueError, match="codebook_size"):
-        quantizers.build({"name": "vq", "codebook_size": -3})
+        quantizers.build(quantizers.config("vq", codebook_size=-3))
     with pytest.raises(ValueError, match="levels must all be >= 2"):
-        quantizers.code_dim({"name": "residual_fsq", "levels": (1, 2)})
-    with pytest.raises(ValueError, match="'use_ema' must be bool"):
-        quantizers.build({"name": "vq", "use_ema": "yes"})
-    with pytest.raises(ValueError, match="'dim' must be int"):
-        quantizers.build({"name": "lfq", "dim": 10.5})
-    with pytest.raises(ValueError, match="'shift' must be str"):
-        quantizers.build({"name": "fsq", "shift": 1.0})
+        quantizers.code_dim(quantizers.config("residual_fsq", levels=(1, 2)))
+    # Values of the wrong type, as a hand-written config.json could hold them.
+    for name, field, value, message in (("vq", "use_ema", "yes", "must be bool"),
+                                        ("lfq", "dim", 10.5, "must be int"),
+                                        ("fsq", "shift", 1.0, "must be str")):
+        raw = quantizers.config(name).to_dict()
+        raw[name][field] = value
+        with pytest.raises(ValueError, match=f"quantizer.{name}.{field} = .*: {message}"):
+            quantizers.build(ml_collections.ConfigDict(raw))
     with pytest.raises(ValueError, match="floating dtype"):
-        quantizers.build(quantizers.default_config("fsq")).apply({}, jnp.zeros((2, 4), jnp.int32))
+        quantizers.build(quantizers.config("fsq")).apply({}, jnp.zeros((2, 4), jnp.int32))

@@ -2,9 +2,9 @@
 sweep end to end."""
 
 import csv
-import importlib.util
 import math
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -12,21 +12,11 @@ import pytest
 from PIL import Image
 
 from configs.sweeps import codebook_size
-from fsq_jax.reporting.paper import RECOMMENDED_LEVELS
-from maskgit import pipeline
+from fsq_jax.config_lib import RECOMMENDED_LEVELS
+from fsq_jax.reporting import sweeps
+from maskgit import pipeline, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load_script()
 
 
 def _fixture_rows():
@@ -56,43 +46,41 @@ def test_tiny_and_paper_presets():
     assert codebook_size.get_config(None).preset == "tiny"
     paper = codebook_size.get_config("paper")
     assert paper.maskgit_size == "paper"
-    assert min(paper.log2_sizes) == 4 and max(paper.log2_sizes) == 16
+    assert tuple(paper.log2_sizes) == (4, 6, 8, 9, 10, 11, 12, 14, 16)
     assert paper.tokenizer.data.image_size == paper.transformer.data.image_size == 128
     with pytest.raises(ValueError, match="preset"):
         codebook_size.get_config("huge")
 
 
-def test_levels_come_from_table_1():
-    assert codebook_size.fsq_levels(10) == (8, 5, 5, 5)
-    assert codebook_size.fsq_levels(16) == (8, 8, 8, 5, 5, 5)
-    assert codebook_size.quantizer_overrides("fsq", 8) == {"quantizer.levels": (8, 6, 5)}
-    assert codebook_size.quantizer_overrides("vq", 12) == {"quantizer.codebook_size": 4096}
-    with pytest.raises(ValueError, match="log2_sizes"):
-        codebook_size.fsq_levels(13)
-    with pytest.raises(ValueError, match="quantizers"):
-        codebook_size.quantizer_overrides("lfq", 8)
+def test_sizes_come_from_the_quantizer_presets_table():
+    run = sweep.RunSpec("fsq", 8, 240, (8, 6, 5), "fsq_log2size08")
+    overrides = sweep.run_overrides(codebook_size.get_config("tiny"), run)
+    assert overrides["tokenizer.quantizer.fsq.levels"] == (8, 6, 5)
+    run = sweep.RunSpec("vq", 12, 4096, (), "vq_log2size12")
+    assert sweep.run_overrides(codebook_size.get_config("tiny"), run)[
+        "tokenizer.quantizer.vq.codebook_size"] == 4096
 
 
 @pytest.mark.parametrize("field, value, match", [
     ("quantizers", ("vq", "pq"), "quantizers"),
-    ("log2_sizes", (4, 5), "log2_sizes"),
+    ("log2_sizes", (4, 5), "log2_sizes: no recommended FSQ levels for 2\\^5"),
     ("log2_sizes", (), "log2_sizes"),
 ])
 def test_check_config_names_the_field(field, value, match):
     config = codebook_size.get_config("tiny")
     config[field] = value
     with pytest.raises(ValueError, match=match):
-        codebook_size.check_config(config)
+        sweep.check_config(config)
     config = codebook_size.get_config("tiny")
     config.compression.num_steps = 0
     with pytest.raises(ValueError, match=r"compression\.num_steps"):
-        codebook_size.check_config(config)
+        sweep.check_config(config)
 
 
 def test_coarse_to_fine_order():
-    assert sweep.coarse_to_fine((16, 4, 8, 6, 10, 12, 14)) == [4, 16, 10, 6, 12, 8, 14]
-    assert sweep.coarse_to_fine((8, 4)) == [4, 8]
-    assert sorted(sweep.coarse_to_fine(range(4, 17))) == list(range(4, 17))
+    assert sweeps.coarse_to_fine((16, 4, 8, 6, 10, 12, 14)) == [4, 16, 10, 6, 12, 8, 14]
+    assert sweeps.coarse_to_fine((8, 4)) == [4, 8]
+    assert sorted(sweeps.coarse_to_fine(range(4, 17))) == list(range(4, 17))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
@@ -106,53 +94,58 @@ def test_plan_builds_valid_configs_for_every_run(preset):
         tokenizer, transformer = pipeline.configs_for(run.quantizer, config.maskgit_size,
                                                       overrides)
         if run.quantizer == "fsq":
-            assert tuple(tokenizer.quantizer.levels) == RECOMMENDED_LEVELS[run.log2_size]
+            assert tuple(tokenizer.quantizer.fsq.levels) == RECOMMENDED_LEVELS[run.log2_size]
             assert run.codebook_size == np.prod(RECOMMENDED_LEVELS[run.log2_size])
         else:
-            assert tokenizer.quantizer.codebook_size == run.codebook_size == 2**run.log2_size
+            assert tokenizer.quantizer.vq.codebook_size == run.codebook_size == 2**run.log2_size
         if preset == "tiny":
             assert tokenizer.total_steps == config.tokenizer.total_steps
             assert transformer.model.num_layers == config.transformer.model.num_layers
 
 
-def test_overrides_from_the_command_line():
-    config = codebook_size.get_config("tiny")
-    sweep.apply_overrides(config, ["log2_sizes=(4, 10)", "tokenizer.total_steps=9",
-                                   "transformer.model.num_layers=1", "compression.order=raster",
-                                   "tokenizer.loss.r1_weight=0.0"])
-    assert tuple(config.log2_sizes) == (4, 10) and config.tokenizer.total_steps == 9
-    assert config.compression.order == "raster"
-    run = sweep.plan(config)[0]
-    tokenizer, transformer = pipeline.configs_for(run.quantizer, "tiny",
-                                                  sweep.run_overrides(config, run))
-    assert tokenizer.loss.r1_weight == 0.0 and transformer.model.num_layers == 1
-    with pytest.raises(ValueError, match="nonsense"):
-        sweep.apply_overrides(config, ["nonsense=1"])
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        sweep.apply_overrides(config, ["log2_sizes"])
+def test_overrides_from_the_command_line(tmp_path):
+    """scripts/sweep.py takes ml_collections overrides of the sweep config and of its stage
+    sections; --dry_run prints the plan with every override applied and checked."""
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--dry_run",
+               "--workdir", str(tmp_path), "--config.log2_sizes=(4,10)",
+               "--config.tokenizer.total_steps=9", "--config.tokenizer.loss.r1_weight=0.0",
+               "--config.transformer.batch_size=8"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if "codes, tokenizer" in line]
+    assert [line.split(":")[0] for line in lines] == ["vq_log2size04", "fsq_log2size04",
+                                                      "vq_log2size10", "fsq_log2size10"]
+    assert all("tokenizer 9 steps x 16" in line and "transformer 300 steps x 8" in line
+               for line in lines)
+    bad = subprocess.run([*command[:5], "--config.log2_sizes=(4,5)"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "config error: log2_sizes: no recommended FSQ levels for 2^5; Table 1 has 2^k for k in "
+        "[4, 6, 8, 9, 10, 11, 12, 14, 16]")
 
 
 def test_write_csv_has_one_row_per_run_and_every_column(tmp_path):
     rows = _fixture_rows()
     path = tmp_path / "sweep.csv"
-    sweep.write_csv(rows, str(path))
+    sweeps.write_csv(rows, str(path))
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == sweep.CSV_COLUMNS
+        assert tuple(reader.fieldnames) == sweeps.CSV_COLUMNS
         raw = list(reader)
     assert len(raw) == 6
     assert raw[1]["quantizer"] == "fsq" and raw[1]["levels"] == "5x3"
     assert raw[5]["sampling_fid"] == ""  # NaN is written as an empty cell
-    back = sweep.read_csv(str(path))
+    back = sweeps.read_csv(str(path))
     assert back[3]["codebook_size"] == 240 and back[2]["usage"] == pytest.approx(0.7)
     assert math.isnan(back[4]["sampling_fid"])
     with pytest.raises(ValueError, match="quantizer"):
-        sweep.write_csv([{"log2_size": 4}], str(path))
+        sweeps.write_csv([{"log2_size": 4}], str(path))
 
 
 def test_plot_writes_the_four_panel_png(tmp_path):
     path = tmp_path / "sweep.png"
-    sweep.plot(_fixture_rows(), str(path), title="fixture")
+    sweeps.plot(_fixture_rows(), str(path), title="fixture")
     image = np.asarray(Image.open(path))
     height, width = image.shape[:2]
     assert width > 3 * height  # four panels side by side
@@ -164,10 +157,9 @@ def test_miniature_sweep_end_to_end(tmp_path, capsys):
     """Two sizes, both quantizers, a handful of steps, FID off: trains all eight stages,
     measures usage and compression cost, and writes the CSV and the PNG; a re-run reuses."""
     config = codebook_size.get_config("tiny")
-    sweep.apply_overrides(config, [
-        "log2_sizes=(4, 6)", "usage.num_images=32", "usage.batch_size=16",
-        "compression.num_images=8", "compression.batch_size=8", "compression.num_steps=4",
-    ])
+    config.update(log2_sizes=(4, 6))
+    config.usage.update(num_images=32, batch_size=16)
+    config.compression.update(num_images=8, batch_size=8, num_steps=4)
     stage = {"total_steps": 2, "batch_size": 8, "eval_batch_size": 8, "eval_steps": 1,
              "log_every": 1, "evaluators": {"fid": False, "num_images": 8, "batch_size": 8}}
     config.tokenizer.update(stage)
@@ -179,7 +171,7 @@ def test_miniature_sweep_end_to_end(tmp_path, capsys):
     workdir = tmp_path / "sweep"
     rows = sweep.run_sweep(config, str(workdir))
     assert len(rows) == 4
-    table = sweep.read_csv(str(workdir / "sweep.csv"))
+    table = sweeps.read_csv(str(workdir / "sweep.csv"))
     assert {(r["quantizer"], r["log2_size"]) for r in table} == {
         ("vq", 4), ("fsq", 4), ("vq", 6), ("fsq", 6)}
     for row in table:

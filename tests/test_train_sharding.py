@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fsq_jax.train.actions import ReportProgress, format_duration, progress_line
 from jax.sharding import PartitionSpec
 
 from fsq_jax.train import sharding
-from fsq_jax.train.progress import Progress, format_duration
 from fsq_jax.train.writers import CsvWriter, write_pngs
 
 
@@ -93,14 +93,26 @@ def test_pngs_are_written_and_bad_images_named(tmp_path):
 
 
 def test_progress_line_reports_rate_and_eta():
-    now = [100.0]
-    progress = Progress(0, 1000, clock=lambda: now[0])
-    now[0] += 12.0
-    progress.exclude(2.0)  # e.g. an evaluation
-    line, rate = progress.report(100, {"loss": 0.5})
-    assert rate == pytest.approx(10.0)
-    assert line == "step 100/1000 (10%) 10.00 steps/s ETA 1m30s | loss=0.5"
+    assert progress_line(100, 1000, 10.0, {"loss": 0.5}) == (
+        "step 100/1000 (10%) 10.00 steps/s ETA 1m30s | loss=0.5")
     assert format_duration(3725) == "1h02m05s"
+
+
+def test_progress_report_leaves_timed_parts_out_of_the_rate():
+    lines, seen = [], []
+
+    def metrics(step, rate):
+        seen.append((step, rate))
+        return {"loss": 0.5}
+
+    progress = ReportProgress(num_train_steps=1000, every_steps=100, metrics_fn=metrics,
+                              print_fn=lines.append)
+    progress(0, 100.0)  # starts the clock, reports nothing
+    progress._time_per_part["eval"] += 2.0  # as a `progress.timed("eval")` block would
+    for step in range(1, 101):
+        progress(step, 100.0 + 12.0 * step / 100)
+    assert seen == [(100, pytest.approx(10.0))]
+    assert lines == ["step 100/1000 (10%) 10.00 steps/s ETA 1m30s | loss=0.5"]
 
 
 def test_distributed_initialize_validates_and_is_a_no_op_alone(monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 
 from fsq_jax import quantizers
 from uvim import stage1, stage2, vit
-from uvim.tasks import build_dense_task
+from uvim.outputs import build_output
 
 # Stage-I params per (task, preset); paper presets through jax.eval_shape (nothing allocated).
 # VQ's codebook is EMA state, not params; FSQ has none, so the two differ by the projections
@@ -43,7 +43,7 @@ def test_parameter_counts_are_pinned(task):
     module = importlib.import_module(f"configs.uvim.{task}")
     for preset in ("fsq,tiny", "vq,tiny", "fsq,paper", "vq,paper"):
         config = module.get_config(preset)
-        targets = build_dense_task(config.dense_task).target_channels()
+        targets = build_output(config.output).target_channels()
         model1 = stage1.build(config.model, config.quantizer, targets)
         assert _count(model1, stage1.init_variables) == STAGE1_PARAMS[(task, preset)], preset
         if task == "depth":
@@ -57,9 +57,9 @@ def test_paper_preset_is_uvim_sized():
     assert (config.model.patch_size, config.model.width) == (16, 768)
     assert (config.model.enc_depth, config.model.dec_depth) == (6, 12)
     assert config.data.image_size == 512 and config.model.code_len == 256
-    assert config.quantizer.codebook_size == 4096 and config.quantizer.split_codes
+    assert config.quantizer.vq.codebook_size == 4096 and config.quantizer.vq.split_codes
     fsq = importlib.import_module("configs.uvim.depth").get_config("fsq,paper")
-    assert tuple(fsq.quantizer.levels) == (7, 5, 5, 5, 5)
+    assert tuple(fsq.quantizer.fsq.levels) == (7, 5, 5, 5, 5)
 
 
 def test_patches_round_trip():
@@ -82,6 +82,7 @@ def test_kv_cache_decoding_equals_full_decoding():
     model = stage2.Stage2Model(
         codebook_size=50,
         seq_len=9,
+        dropout=0.0,
         input_size=16,
         patch_size=4,
         width=32,

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uvim.tasks import panoptic
+from fsq_jax import config_lib
+from uvim.outputs import panoptic
 
 MAX_INSTANCES = 6
 _encode = jax.jit(functools.partial(panoptic.encode_panoptic, max_instances=MAX_INSTANCES))
@@ -122,7 +123,7 @@ def test_task_targets_loss_and_config_errors():
     config = ml_collections.ConfigDict(
         {"name": "panoptic", "num_classes": 3, "max_instances": 4, "thing_classes": (2,)}
     )
-    task = panoptic.PanopticTask(config)
+    task = panoptic.PanopticOutput(config)
     semantic = np.array([[[0, 2], [-1, 2]]], np.int32)
     instance = np.array([[[0, 5], [0, 5]]], np.int32)
     batch = {"panoptic_semantic": semantic, "panoptic_instance": instance}
@@ -145,5 +146,5 @@ def test_task_targets_loss_and_config_errors():
     metric.update(prediction, batch)
     assert metric.result()["pq"] == pytest.approx(100.0)
     config.thing_classes = (3,)
-    with pytest.raises(ValueError, match="thing_classes"):
-        panoptic.PanopticTask(config)
+    with pytest.raises(ValueError, match=r"config.output.thing_classes = \(3,\): must lie in"):
+        config_lib.check(config, panoptic.PanopticConfig, "config.output")

@@ -1,4 +1,4 @@
-"""UViM depth and colorization tasks on hand-made examples, and the config presets' checks."""
+"""UViM depth and colorization outputs on hand-made examples, and the config presets' checks."""
 
 import importlib
 
@@ -7,15 +7,19 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fsq_jax import config_lib, train
 from fsq_jax import images as image_lib
-from uvim import presets, stage1
-from uvim.tasks import build_dense_task, colorization, depth
+from uvim import stage1
+from uvim.outputs import build_output, colorization, depth
+
+
+def _depth_config(**overrides):
+    return ml_collections.ConfigDict(
+        {"name": "depth", "bins": 4, "min_depth": 0.0, "max_depth": 4.0, **overrides})
 
 
 def _depth_task(**overrides):
-    config = depth.default_config()
-    config.update({"bins": 4, "min_depth": 0.0, "max_depth": 4.0, **overrides})
-    return depth.DepthTask(config)
+    return depth.DepthOutput(_depth_config(**overrides))
 
 
 def test_depth_bins_round_trip_to_bin_centres():
@@ -54,14 +58,15 @@ def test_depth_metric_is_per_image_rmse():
 
 
 def test_depth_config_errors_name_the_field():
-    with pytest.raises(ValueError, match=r"dense_task\.bins"):
-        _depth_task(bins=0)
-    with pytest.raises(ValueError, match=r"dense_task\.min_depth"):
-        _depth_task(min_depth=5.0)
+    with pytest.raises(ValueError, match=r"config.output.bins = 0: must be > 0"):
+        config_lib.check(_depth_config(bins=0), depth.DepthConfig, "config.output")
+    with pytest.raises(ValueError, match=r"config.output.min_depth = 5.0: must be in"):
+        config_lib.check(_depth_config(min_depth=5.0), depth.DepthConfig, "config.output")
 
 
 def test_colorization_context_loss_and_psnr():
-    task = colorization.ColorizationTask(colorization.default_config())
+    task = colorization.ColorizationOutput(
+        ml_collections.ConfigDict({"name": "colorization", "fid": False}))
     image = np.zeros((1, 2, 2, 3), np.uint8)
     image[..., 0] = 255
     gray = np.full((1, 2, 2, 1), 76, np.uint8)
@@ -89,37 +94,43 @@ def test_colorization_context_loss_and_psnr():
 def test_presets(task):
     module = importlib.import_module(f"configs.uvim.{task}")
     tiny = module.get_config("fsq,tiny")
-    assert tiny.task == "uvim.tasks:Stage1Task" and tiny.dense_task.name == task
+    assert tiny.task == "uvim.tasks:Stage1Task" and tiny.output.name == task
     assert tiny.data.image_size == tiny.model.input_size == tiny.stage2.input_size == 32
     assert module.get_config("vq,tiny,stage2").task == "uvim.tasks:Stage2Task"
     vq = module.get_config("vq,paper")
-    assert vq.quantizer.use_ema and vq.quantizer.split_codes and vq.quantizer.beta == 0.0
-    assert not module.get_config("vq,paper,nosplit").quantizer.split_codes
+    assert vq.quantizer.vq.use_ema and vq.quantizer.vq.split_codes and vq.quantizer.vq.beta == 0
+    assert not module.get_config("vq,paper,nosplit").quantizer.vq.split_codes
     assert not module.get_config("fsq,tiny,nocontext").model.with_context
     paper = module.get_config("fsq,paper")
     assert paper.optimizer.name == "adafactor" and paper.optimizer.warmup_steps == 4000
     assert paper.data.source.startswith("tfds:")
-    build_dense_task(paper.dense_task)  # the paper task settings are valid
+    build_output(paper.output)  # the paper output settings are valid
+    train.validate(paper)
 
 
 def test_preset_errors():
-    with pytest.raises(ValueError, match="unknown preset"):
-        presets.parse_arg("fsq,tiny,bogus")
-    with pytest.raises(ValueError, match="choose one size"):
-        presets.parse_arg("tiny,paper")
-    with pytest.raises(ValueError, match="nosplit"):
-        presets.parse_arg("fsq,nosplit")
-    with pytest.raises(ValueError, match=r"dense_task\.name"):
-        build_dense_task(ml_collections.ConfigDict({"name": "segmentation"}))
+    module = importlib.import_module("configs.uvim.depth")
+    with pytest.raises(ValueError, match="unknown preset 'bogus'"):
+        module.get_config("fsq,tiny,bogus")
+    with pytest.raises(ValueError, match="size given twice"):
+        module.get_config("tiny,paper")
+    with pytest.raises(ValueError, match="'nosplit' is a VQ ablation"):
+        module.get_config("fsq,nosplit")
+    with pytest.raises(ValueError, match=r"output\.name"):
+        build_output(ml_collections.ConfigDict({"name": "segmentation"}))
+    config = module.get_config("fsq,tiny")
+    config.output.name = "segmentation"
+    with pytest.raises(ValueError, match=r"config.output.name = 'segmentation': must be one of"):
+        train.validate(config)
 
 
 @pytest.mark.parametrize("field, value", [("code_len", 15), ("patch_size", 5),
                                           ("num_heads", 5), ("code_dropout", "all")])
 def test_stage1_config_errors_name_the_field(field, value):
-    config = stage1.default_config()
+    config = importlib.import_module("configs.uvim.depth").get_config("fsq,tiny").model
     config[field] = value
-    with pytest.raises(ValueError, match=f"model.{field}"):
-        stage1.check_config(config)
+    with pytest.raises(ValueError, match=f"config.model.{field} = "):
+        config_lib.check(config, stage1.Stage1Config, "config.model")
 
 
 def test_code_dropout_zeroes_whole_tokens():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fsq_jax import data
+from fsq_jax.train import frozen_from_variables
 from uvim.tasks import Stage1Task, Stage2Task
 
 BATCH = 8
@@ -29,7 +30,7 @@ def _config(task: str, arg: str):
     config.stage2.update(width=16, num_heads=2, mlp_dim=32, enc_depth=1, dec_depth=1,
                          patch_size=8)
     if task == "depth":
-        config.dense_task.bins = 16
+        config.output.bins = 16
     config.batch_size = config.eval_batch_size = BATCH
     config.total_steps = 4
     config.optimizer.update(schedule="constant", warmup_steps=0)
@@ -55,14 +56,15 @@ def test_one_step_of_each_stage(task, quantizer, inference):
     state, metrics = jax.jit(lambda key, batch: task1.train_step(
         task1.init_state(key, batch), batch, key))(_key(0), batch)
     assert int(state.step) == 1
-    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    assert np.isfinite(float(metrics["loss"])) and float(state.grad_norms["model"]) > 0
     if inference:
         evaluation = jax.jit(task1.eval_step)(state, batch, _key(2))
-        assert 0 < float(evaluation["codebook_usage_batch"]) <= 1
+        assert 0 < float(evaluation["quantizer/codebook_usage_batch"]) <= 1
 
     config2 = _config(task, f"{quantizer},tiny,stage2")
     stage1_variables = {"params": state.params["model"], **state.model_state}
-    task2 = Stage2Task(config2, stage1_run=(config1, stage1_variables))
+    task2 = Stage2Task(config2, frozen=frozen_from_variables(config1, "model",
+                                                             stage1_variables))
 
     def two_steps(key, batch):
         initial = task2.init_state(key, batch)

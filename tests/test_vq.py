@@ -17,9 +17,8 @@ KEY = jax.random.PRNGKey(0)
 
 def _vq(**overrides) -> VQ:
     """A small VQ; batch metrics off unless asked for (they only add compile time here)."""
-    config = quantizers.default_config("vq")
-    config.update({"codebook_size": 16, "dim": 8, "compute_metrics": False, **overrides})
-    return quantizers.build(config)
+    return quantizers.build(quantizers.config(
+        "vq", **{"codebook_size": 16, "dim": 8, "compute_metrics": False, **overrides}))
 
 
 def _init(vq: VQ, z):
@@ -386,11 +385,11 @@ def test_uvim_preset_splits_an_unused_code_after_460_batches_as_uvim():
     ceil(log 0.1 / log 0.995) = 460 batches without a hit. The preset's usage EMA must agree."""
     from configs.uvim import depth
 
-    preset = depth.get_config("vq,tiny").quantizer
-    config = quantizers.default_config("vq")
-    config.update(codebook_size=4, dim=3, compute_metrics=False, use_ema=True,
-                  split_codes=True, **{k: preset[k] for k in (
-                      "usage_decay", "usage_init", "dead_code_threshold", "ema_decay")})
+    preset = depth.get_config("vq,tiny").quantizer.vq
+    config = quantizers.config(
+        "vq", codebook_size=4, dim=3, compute_metrics=False, use_ema=True, split_codes=True,
+        **{k: preset[k] for k in ("usage_decay", "usage_init", "dead_code_threshold",
+                                  "ema_decay")})
     vq = quantizers.build(config)
     z = jnp.array([[1.0, 2.0, 3.0]] * 8)
     far = [[1.0, 2.0, 3.0], [50.0, 0.0, 0.0], [0.0, 50.0, 0.0], [0.0, 0.0, 50.0]]

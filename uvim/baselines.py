@@ -2,21 +2,18 @@
 
 Depth: the mean training depth everywhere. Panoptic: every pixel labelled with the most frequent
 stuff class (background only, no instances). Colorization: the grayscale input as the output.
-Run: `python -m uvim.baselines --config configs/uvim/depth.py` (any preset of the config works).
+Run: `python scripts/baselines.py --config configs/uvim/depth.py:fsq,tiny`.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
 from collections.abc import Iterator, Mapping
 
 import ml_collections
 import numpy as np
 
 from fsq_jax import images as image_lib
-from uvim.tasks import build_dense_task
+from uvim.outputs import build_output
 
 
 def _batches(config: ml_collections.ConfigDict, split: str, num_batches: int,
@@ -31,7 +28,7 @@ def _batches(config: ml_collections.ConfigDict, split: str, num_batches: int,
 def baseline_prediction(config: ml_collections.ConfigDict, batch: Mapping[str, np.ndarray],
                         statistics: Mapping[str, float]) -> dict[str, np.ndarray]:
     """The trivial prediction for one batch (`statistics` from `training_statistics`)."""
-    name = config.dense_task.name
+    name = config.output.name
     if name == "depth":
         return {"depth": np.full(batch["depth"].shape, statistics["mean_depth"], np.float32)}
     if name == "panoptic":
@@ -45,16 +42,16 @@ def baseline_prediction(config: ml_collections.ConfigDict, batch: Mapping[str, n
 def training_statistics(config: ml_collections.ConfigDict, num_batches: int,
                         batch_size: int) -> dict[str, float]:
     """Mean valid depth / most frequent stuff class over training batches."""
-    name = config.dense_task.name
+    name = config.output.name
     if name == "colorization":
         return {}
-    dense = build_dense_task(config.dense_task)
+    output = build_output(config.output)
     total, count = 0.0, 0
-    histogram = np.zeros(max(int(config.dense_task.get("num_classes", 1)), 1), np.int64)
+    histogram = np.zeros(max(int(config.output.get("num_classes", 1)), 1), np.int64)
     for batch in _batches(config, "train", num_batches, batch_size):
         if name == "depth":
             depth = batch["depth"]
-            valid = (depth > dense.min_depth) & (depth < dense.max_depth)
+            valid = (depth > output.min_depth) & (depth < output.max_depth)
             total += float(depth[valid].sum())
             count += int(valid.sum())
         else:
@@ -64,34 +61,16 @@ def training_statistics(config: ml_collections.ConfigDict, num_batches: int,
     if name == "depth":
         return {"mean_depth": total / max(count, 1)}
     stuff = np.ones(len(histogram), bool)
-    stuff[list(dense.thing_classes)] = False
+    stuff[list(output.thing_classes)] = False
     return {"background_class": int(np.argmax(np.where(stuff, histogram, -1)))}
 
 
 def evaluate_baseline(config: ml_collections.ConfigDict, num_batches: int = 8,
                       batch_size: int = 64) -> dict[str, float]:
     """The task metric of the trivial baseline on `num_batches` validation batches."""
-    dense = build_dense_task(config.dense_task)
+    output = build_output(config.output)
     statistics = training_statistics(config, num_batches, batch_size)
-    metric = dense.new_metric()
+    metric = output.new_metric()
     for batch in _batches(config, "validation", num_batches, batch_size):
         metric.update(baseline_prediction(config, batch, statistics), batch)
     return {**statistics, **metric.result()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="configs/uvim/<task>.py[:preset]")
-    parser.add_argument("--num_batches", type=int, default=8)
-    parser.add_argument("--batch_size", type=int, default=64)
-    args = parser.parse_args(argv)
-    path, _, preset = args.config.partition(":")
-    spec = importlib.util.spec_from_file_location("uvim_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset or None)
-    print(json.dumps(evaluate_baseline(config, args.num_batches, args.batch_size), indent=1))
-
-
-if __name__ == "__main__":
-    main()

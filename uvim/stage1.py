@@ -7,7 +7,8 @@ reconstructs the output from the code plus the image context (Kolesnikov et al. 
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -16,56 +17,39 @@ import ml_collections
 import numpy as np
 
 from fsq_jax import quantizers
+from fsq_jax.config_lib import require
 from fsq_jax.quantizers import QuantizerOutput
 from uvim.vit import (
     Encoder,
     PatchEmbedding,
     PositionEmbedding,
+    check_vit,
     from_patches,
     resize_tokens,
     to_patches,
 )
 
-CODE_DROPOUT = ("none", "random")
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage1Config:
+    """`model.*` of UViM stage I (the values are in configs/uvim/*.py)."""
 
-def default_config() -> ml_collections.ConfigDict:
-    """Stage-I model fields (defaults: UViM's paper model, big_vision vqvae_nyu_depth.py)."""
-    return ml_collections.ConfigDict({
-        "input_size": 512,
-        "patch_size": 16,
-        "width": 768,
-        "enc_depth": 6,
-        "dec_depth": 12,
-        "mlp_dim": 3072,
-        "num_heads": 12,
-        "dropout": 0.0,
-        "code_len": 256,  # tokens; a square grid, bilinearly resized from the patch grid
-        "with_context": True,  # False: the "no image context" ablation
-        "code_dropout": "random",  # none | random (UViM's random code dropout)
-    })
+    input_size: int
+    patch_size: int
+    width: int
+    enc_depth: int
+    dec_depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float
+    code_len: int  # tokens; a square grid, bilinearly resized from the patch grid
+    with_context: bool  # False: the "no image context" ablation
+    code_dropout: Literal["none", "random"]  # UViM's random code dropout
 
-
-def check_config(model: ml_collections.ConfigDict, prefix: str = "model") -> None:
-    """Raises ValueError naming the field for impossible stage-I settings."""
-    for field in ("input_size", "patch_size", "width", "enc_depth", "dec_depth", "mlp_dim",
-                  "num_heads", "code_len"):
-        if not int(model[field]) > 0:
-            raise ValueError(f"{prefix}.{field} must be > 0, got {model[field]!r}")
-    if model.input_size % model.patch_size:
-        raise ValueError(f"{prefix}.patch_size ({model.patch_size}) must divide "
-                         f"{prefix}.input_size ({model.input_size})")
-    if model.width % model.num_heads:
-        raise ValueError(f"{prefix}.num_heads ({model.num_heads}) must divide "
-                         f"{prefix}.width ({model.width})")
-    side = round(model.code_len**0.5)
-    if side * side != model.code_len:
-        raise ValueError(f"{prefix}.code_len must be a square number, got {model.code_len}")
-    if model.code_dropout not in CODE_DROPOUT:
-        raise ValueError(f"{prefix}.code_dropout must be one of {CODE_DROPOUT}, "
-                         f"got {model.code_dropout!r}")
-    if not 0.0 <= model.dropout < 1.0:
-        raise ValueError(f"{prefix}.dropout must be in [0, 1), got {model.dropout}")
+    def __post_init__(self):
+        check_vit(self)
+        side = round(self.code_len**0.5)
+        require(side * side == self.code_len, "code_len", "must be a square number")
 
 
 class Stage1Model(nn.Module):
@@ -80,17 +64,17 @@ class Stage1Model(nn.Module):
     targets: tuple[tuple[str, int], ...]
     quantizer: nn.Module
     code_dim: int
-    input_size: int = 512
-    patch_size: int = 16
-    width: int = 768
-    enc_depth: int = 6
-    dec_depth: int = 12
-    mlp_dim: int = 3072
-    num_heads: int = 12
-    dropout: float = 0.0
-    code_len: int = 256
-    with_context: bool = True
-    code_dropout: str = "random"
+    input_size: int
+    patch_size: int
+    width: int
+    enc_depth: int
+    dec_depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float
+    code_len: int
+    with_context: bool
+    code_dropout: str
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -179,7 +163,6 @@ class Stage1Model(nn.Module):
 def build(model: ml_collections.ConfigDict, quantizer: Any,
           targets: dict[str, int]) -> Stage1Model:
     """Stage-I model from the `model` and `quantizer` configs and the task's target channels."""
-    check_config(model)
     return Stage1Model(
         targets=tuple(targets.items()),
         quantizer=quantizers.build(quantizer),

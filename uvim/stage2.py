@@ -7,6 +7,7 @@ jit-compiled `lax.fori_loop`, with a key/value cache so each step costs one toke
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -14,40 +15,35 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from uvim.vit import DecoderBlock, Encoder, PatchEmbedding, PositionEmbedding
+from fsq_jax.config_lib import require
+from uvim.vit import (
+    DecoderBlock,
+    Encoder,
+    PatchEmbedding,
+    PositionEmbedding,
+    check_vit,
+)
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Stage-II fields (defaults: UViM's "large" VTT, big_vision train_nyu_depth_pretrained.py)."""
-    return ml_collections.ConfigDict({
-        "input_size": 512,
-        "patch_size": 16,
-        "width": 1024,
-        "enc_depth": 24,
-        "dec_depth": 24,
-        "mlp_dim": 4096,
-        "num_heads": 16,
-        "dropout": 0.0,
-        "temperature": 0.0,  # 0 = greedy decoding at evaluation, else sampling temperature
-    })
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage2Config:
+    """`stage2.*`: UViM's stage-II encoder-decoder (the values are in configs/uvim/*.py)."""
 
+    input_size: int
+    patch_size: int
+    width: int
+    enc_depth: int
+    dec_depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float
+    temperature: float  # 0 = greedy decoding at evaluation, else sampling temperature
+    encoder_lr_multiplier: float  # the image encoder's learning rate x this
 
-def check_config(model: ml_collections.ConfigDict, prefix: str = "stage2") -> None:
-    """Raises ValueError naming the field for impossible stage-II settings."""
-    for field in ("input_size", "patch_size", "width", "enc_depth", "dec_depth", "mlp_dim",
-                  "num_heads"):
-        if not int(model[field]) > 0:
-            raise ValueError(f"{prefix}.{field} must be > 0, got {model[field]!r}")
-    if model.input_size % model.patch_size:
-        raise ValueError(f"{prefix}.patch_size ({model.patch_size}) must divide "
-                         f"{prefix}.input_size ({model.input_size})")
-    if model.width % model.num_heads:
-        raise ValueError(f"{prefix}.num_heads ({model.num_heads}) must divide "
-                         f"{prefix}.width ({model.width})")
-    if model.temperature < 0:
-        raise ValueError(f"{prefix}.temperature must be >= 0, got {model.temperature}")
-    if not 0.0 <= model.dropout < 1.0:
-        raise ValueError(f"{prefix}.dropout must be in [0, 1), got {model.dropout}")
+    def __post_init__(self):
+        check_vit(self)
+        require(self.temperature >= 0, "temperature", "must be >= 0")
+        require(self.encoder_lr_multiplier > 0, "encoder_lr_multiplier", "must be > 0")
 
 
 class DecoderPositions(nn.Module):
@@ -89,14 +85,14 @@ class Stage2Model(nn.Module):
 
     codebook_size: int
     seq_len: int
-    input_size: int = 512
-    patch_size: int = 16
-    width: int = 1024
-    enc_depth: int = 24
-    dec_depth: int = 24
-    mlp_dim: int = 4096
-    num_heads: int = 16
-    dropout: float = 0.0
+    input_size: int
+    patch_size: int
+    width: int
+    enc_depth: int
+    dec_depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float
     decode: bool = False
 
     @property
@@ -154,7 +150,6 @@ class Stage2Model(nn.Module):
 
 def build(model: ml_collections.ConfigDict, codebook_size: int, seq_len: int) -> Stage2Model:
     """Stage-II model from its config and the stage-I codebook size and code length."""
-    check_config(model)
     return Stage2Model(
         codebook_size=int(codebook_size), seq_len=int(seq_len),
         input_size=int(model.input_size), patch_size=int(model.patch_size),

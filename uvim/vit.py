@@ -6,8 +6,24 @@ written once so both stages (and their parameter counts) stay consistent.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+
+from fsq_jax.config_lib import require
+
+
+def check_vit(config: Any) -> None:
+    """FieldError naming the first impossible ViT size of a stage-I or stage-II config."""
+    for field in ("input_size", "patch_size", "width", "enc_depth", "dec_depth", "mlp_dim",
+                  "num_heads"):
+        require(getattr(config, field) > 0, field, "must be > 0")
+    require(config.input_size % config.patch_size == 0, "patch_size",
+            f"must divide input_size ({config.input_size})")
+    require(config.width % config.num_heads == 0, "num_heads",
+            f"must divide width ({config.width})")
+    require(0.0 <= config.dropout < 1.0, "dropout", "must be in [0, 1)")
 
 
 def to_patches(x: jax.Array, patch_size: int) -> jax.Array:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.maskgit.tokenizer import parse_arg
+from fsq_jax import config_lib as cl
 
 
 def default_tokenizer_workdir(quantizer: str, size: str) -> str:
@@ -19,84 +19,75 @@ def default_tokenizer_workdir(quantizer: str, size: str) -> str:
     return f"runs/maskgit/{quantizer}_{size}/tokenizer"
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The transformer experiment for `arg` = '<fsq|vq>,<tiny|paper>'."""
-    from fsq_jax import train
-    from fsq_jax.train import optim
-    from maskgit import decoding, token_cache, transformer
+def _paper(config: ml_collections.ConfigDict) -> None:
+    config.data.source = "tfds:imagenet2012"
+    config.data.image_size = 256
+    config.batch_size = 256  # FSQ paper / MaskGIT
+    config.eval_batch_size = 64
+    config.total_steps = 2_500_000  # FSQ paper: 2.5M steps
+    config.log_every = 100
+    config.eval_every = 10_000
+    config.images_every = 10_000
+    config.checkpoint_every = 10_000
+    config.model.dtype = "bfloat16"
+    config.evaluators.num_images = 50_000  # FSQ paper: 50k samples
 
-    quantizer, size = parse_arg(arg)
-    config = train.default_config()
-    config.task = "maskgit.tasks:TransformerTask"
-    config.tokenizer_workdir = default_tokenizer_workdir(quantizer, size)
-    config.num_classes = 1000  # 0 = from the data source (fsq_jax.data.num_classes)
-    config.model = transformer.default_model_config()
-    config.masking = ml_collections.ConfigDict(
-        {
-            "schedule": "cosine",
-            "min_ratio": 0.45,  # FSQ paper: at least 45% of the tokens masked in training
-            "label_dropout": 0.1,  # FSQ paper: labels dropped 10% of the time (for guidance)
-        }
-    )
+
+def _tiny(config: ml_collections.ConfigDict) -> None:
+    config.num_classes = 0  # the procedural scenes' classes
+    config.data.image_size = 32
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.total_steps = 3_000
+    config.log_every = 100
+    config.eval_every = 1_000
+    config.images_every = 1_000
+    config.checkpoint_every = 1_000
+    config.eval_steps = 2
+    config.model.update(num_layers=4, hidden_size=64, num_heads=4, mlp_dim=256, dropout_rate=0.1)
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=200, schedule="cosine",
+                            end_learning_rate=1e-5)
+    config.evaluators.num_images = 500
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The transformer experiment for `arg` = '<quantizer>,<tiny|paper>' (default fsq,tiny)."""
+    arg = cl.parse_arg(arg, quantizer=cl.Choice("fsq", cl.names()),
+                       size=cl.Choice("tiny", ("tiny", "paper")))
+    config = cl.loop(task="maskgit.tasks:TransformerTask", ema_decay=0.0)
+    config.tokenizer_workdir = default_tokenizer_workdir(arg.quantizer, arg.size)
+    config.num_classes = 1000  # 0 = from the data source
+    # MaskGIT's class-conditional transformer: 24 layers, width 768, 16 heads, MLP 3072.
+    config.model = ml_collections.ConfigDict({
+        "num_layers": 24, "hidden_size": 768, "num_heads": 16, "mlp_dim": 3072,
+        "dropout_rate": 0.1, "initializer_range": 0.02,
+        "dtype": "float32",  # compute dtype; params stay float32
+        # Attention kernel: "xla" (any backend) or "cudnn" (fused flash attention, GPU with
+        # bfloat16); `benchmarks/maskgit.py --variants attention=cudnn` compares them.
+        "attention": "xla",
+        # Dropout bits: "threefry" (jax's default) or "rbg" (XLA's RngBitGenerator).
+        "dropout_rng": "threefry"})
+    config.masking = ml_collections.ConfigDict({
+        "schedule": "cosine",
+        "min_ratio": 0.45,  # FSQ paper: at least 45% of the tokens masked in training
+        "label_dropout": 0.1,  # FSQ paper: labels dropped 10% of the time (for guidance)
+    })
     config.loss = ml_collections.ConfigDict({"label_smoothing": 0.1})  # MaskGIT
     # Pre-tokenised training tokens (token_cache.dir = a directory, built on first use): the
     # frozen encoder then runs once per training image instead of inside every step.
-    config.token_cache = token_cache.default_config()
-    config.sampling = decoding.default_config()
-    # FSQ paper: best guidance weight 0.2 for FSQ, 0.1 for VQ (logits = c + w * (c - u)).
-    config.sampling.guidance_scale = 0.2 if quantizer == "fsq" else 0.1
-
-    opt = optim.default_config()
+    config.token_cache = ml_collections.ConfigDict({"dir": "", "passes": 1, "batch_size": 256})
+    # MaskGIT's decoding: 12 steps, cosine schedule, choice temperature 4.5. FSQ paper: best
+    # guidance weight 0.2 for FSQ, 0.1 for VQ (logits = c + w * (c - u)).
+    config.sampling = ml_collections.ConfigDict({
+        "num_steps": 12, "schedule": "cosine", "choice_temperature": 4.5, "temperature": 1.0,
+        "guidance_scale": 0.1 if arg.quantizer == "vq" else 0.2})
     # MaskGIT: AdamW-style (b1 0.9, b2 0.96, weight decay 4.5e-2), lr 1e-4, 5000 warm-up steps.
-    opt.name = "adamw"
-    opt.learning_rate = 1e-4
-    opt.b1 = 0.9
-    opt.b2 = 0.96
-    opt.weight_decay = 4.5e-2
-    opt.warmup_steps = 5_000
-    opt.schedule = "constant"
-    config.optimizer = opt
-    config.evaluators = ml_collections.ConfigDict(
-        {
-            "fid": True,  # sampling FID, precision, recall (needs `make inception`)
-            "num_images": 1000,
-            "batch_size": 50,
-        }
-    )
-
-    if size == "paper":
-        config.data.source = "tfds:imagenet2012"
-        config.data.image_size = 256
-        config.batch_size = 256  # FSQ paper / MaskGIT
-        config.eval_batch_size = 64
-        config.total_steps = 2_500_000  # FSQ paper: 2.5M steps
-        config.ema_decay = 0.0
-        config.log_every = 100
-        config.eval_every = 10_000
-        config.images_every = 10_000
-        config.checkpoint_every = 10_000
-        config.model.dtype = "bfloat16"
-        config.evaluators.num_images = 50_000  # FSQ paper: 50k samples
-    else:
-        config.num_classes = 0  # the procedural scenes' classes
-        config.data.image_size = 32
-        config.batch_size = 32
-        config.eval_batch_size = 64
-        config.total_steps = 3_000
-        config.ema_decay = 0.0
-        config.log_every = 100
-        config.eval_every = 1_000
-        config.images_every = 1_000
-        config.checkpoint_every = 1_000
-        config.eval_steps = 2
-        config.model.num_layers = 4
-        config.model.hidden_size = 64
-        config.model.num_heads = 4
-        config.model.mlp_dim = 256
-        config.model.dropout_rate = 0.1
-        opt.learning_rate = 1e-3
-        opt.warmup_steps = 200
-        opt.schedule = "cosine"
-        opt.end_learning_rate = 1e-5
-        config.evaluators.num_images = 500
+    config.optimizer = cl.optimizer(name="adamw", learning_rate=1e-4, b1=0.9, b2=0.96,
+                                    weight_decay=4.5e-2, warmup_steps=5_000, schedule="constant")
+    config.evaluators = ml_collections.ConfigDict({
+        "fid": True,  # sampling FID, precision, recall (needs `make inception`)
+        "num_images": 1000,
+        "batch_size": 50,
+    })
+    (_paper if arg.size == "paper" else _tiny)(config)
     return config

@@ -1,38 +1,115 @@
 """UViM on monocular depth (NYU Depth v2 / procedural scenes), stage I or II, FSQ or VQ.
 
-`get_config("fsq,tiny")` trains stage I on 32x32 scenes in minutes on a CPU; `"vq,paper"` is the
-FSQ paper's Table 2 baseline. Add `stage2` for the language model, `nosplit` (VQ) or `nocontext`
-for the ablations.
+`get_config("fsq,tiny")` trains stage I on 32x32 procedural scenes in minutes on a CPU;
+`"vq,paper"` is the FSQ paper's Table 2 baseline (Sec. 4.2). Presets: a quantizer (`fsq` | `vq`
+| any registered name), a size (`tiny` | `paper`), a stage (`stage1` | `stage2`, the language
+model over a finished stage-I run's codes), and the ablations `nosplit` (VQ without codebook
+splitting) and `nocontext` (stage I without the image context).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from uvim import presets
-from uvim.tasks import depth
+from fsq_jax import config_lib as cl
 
 # NYU Depth v2 in TFDS has 47,584 training frames.
 _NYU_TRAIN = 47_584
 
+
+def _stage(*, optimizer: dict, total_steps: int, batch_size: int, eval_batch_size: int,
+           eval_every: int, images_every: int, checkpoint_every: int, eval_steps: int,
+           evaluator_batches: int) -> dict:
+    """The loop fields, optimizer and evaluator size of one stage."""
+    return {"optimizer": optimizer, "total_steps": total_steps, "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size, "log_every": 50, "eval_every": eval_every,
+            "images_every": images_every, "checkpoint_every": checkpoint_every,
+            "eval_steps": eval_steps, "evaluator_batches": evaluator_batches}
+
+
+def _paper_stage(*, learning_rate: float, weight_decay: float, total_steps: int,
+                 batch_size: int, eval_every: int, grad_clip_norm: float = 0.0,
+                 evaluator_batches: int = 3) -> dict:
+    """One stage of a big_vision UViM config: adafactor, cosine schedule with 4k warm-up."""
+    return _stage(optimizer={"name": "adafactor", "learning_rate": learning_rate,
+                             "weight_decay": weight_decay, "schedule": "cosine",
+                             "warmup_steps": 4_000, "grad_clip_norm": grad_clip_norm},
+                  total_steps=total_steps, batch_size=batch_size, eval_batch_size=256,
+                  eval_every=eval_every, images_every=2_000, checkpoint_every=1_000,
+                  eval_steps=8, evaluator_batches=evaluator_batches)
+
+
+# Both stages of the tiny preset: 1,500 Adam steps on 32x32 scenes, minutes on a CPU.
+TINY_STAGE = _stage(optimizer={"name": "adam", "learning_rate": 1e-3, "schedule": "cosine",
+                               "warmup_steps": 100, "grad_clip_norm": 1.0},
+                    total_steps=1_500, batch_size=32, eval_batch_size=64, eval_every=500,
+                    images_every=500, checkpoint_every=500, eval_steps=4, evaluator_batches=8)
+
 PAPER = {
-    "data": {"source": "tfds:nyu_depth_v2", "image_size": 512},
     # big_vision configs/proj/uvim/vqvae_nyu_depth.py: res=512, batch 1024, 200 epochs,
     # adafactor (beta2_cap 0.95) lr 1e-3, wd 1e-5, cosine with 4k warmup, grad clip 1.0.
-    "stage1": presets.paper_stage(learning_rate=1e-3, weight_decay=1e-5, grad_clip_norm=1.0,
-                                  total_steps=200 * _NYU_TRAIN // 1024, batch_size=1024,
-                                  eval_every=250),
+    "stage1": _paper_stage(learning_rate=1e-3, weight_decay=1e-5, grad_clip_norm=1.0,
+                           total_steps=200 * _NYU_TRAIN // 1024, batch_size=1024,
+                           eval_every=250),
     # big_vision configs/proj/uvim/train_nyu_depth_pretrained.py: batch 512, 50 epochs,
     # adafactor lr 1e-3, wd 1e-6, cosine with 4k warmup, no clipping.
-    "stage2": presets.paper_stage(learning_rate=1e-3, weight_decay=1e-6,
-                                  total_steps=50 * _NYU_TRAIN // 512, batch_size=512,
-                                  eval_every=1_000),
+    "stage2": _paper_stage(learning_rate=1e-3, weight_decay=1e-6,
+                           total_steps=50 * _NYU_TRAIN // 512, batch_size=512, eval_every=1_000),
 }
-
-# Scene depth runs from ~2.9 m to the backdrop at 14 m; 128 bins of 0.12 m.
-TINY = presets.tiny_preset({"bins": 128, "max_depth": 15.0})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Comma list of presets: fsq|vq, tiny|paper, stage1|stage2, nosplit, nocontext."""
-    return presets.build(depth.default_config(), arg, PAPER, TINY)
+    """Comma list of presets: a quantizer, tiny|paper, stage1|stage2, nosplit, nocontext."""
+    arg = cl.parse_arg(arg, quantizer=cl.Choice("fsq", cl.names()),
+                       size=cl.Choice("tiny", ("tiny", "paper")),
+                       stage=cl.Choice("stage1", ("stage1", "stage2")), nosplit=False,
+                       nocontext=False)
+    if arg.nosplit and arg.quantizer != "vq":
+        raise ValueError(f"config arg: 'nosplit' is a VQ ablation; add 'vq' ({arg})")
+    paper = arg.size == "paper"
+    task = "Stage1Task" if arg.stage == "stage1" else "Stage2Task"
+    config = cl.loop(task=f"uvim.tasks:{task}")
+    config.data.update({"source": "tfds:nyu_depth_v2", "image_size": 512})
+    # UViM: depth quantised to 256 bins over [1e-3, 10] m (big_vision vqvae_nyu_depth.py).
+    config.output = ml_collections.ConfigDict(
+        {"name": "depth", "bins": 256, "min_depth": 1e-3, "max_depth": 10.0})
+    # UViM's stage I (big_vision vqvae_*.py configs): ViT-B-sized oracle, 6 encoder and 12
+    # decoder layers at width 768, 16x16 patches of 512x512 outputs, a 256-token code.
+    config.model = ml_collections.ConfigDict({
+        "input_size": 512, "patch_size": 16, "width": 768, "enc_depth": 6, "dec_depth": 12,
+        "mlp_dim": 3072, "num_heads": 12, "dropout": 0.0, "code_len": 256,
+        "with_context": not arg.nocontext, "code_dropout": "random"})
+    # UViM's stage II (big_vision train_*_pretrained.py): the "large" VTT, 24 + 24 layers at
+    # width 1024; lr_mults 0.1 on the (ImageNet-21k pre-trained) image encoder.
+    config.stage2 = ml_collections.ConfigDict({
+        "input_size": 512, "patch_size": 16, "width": 1024, "enc_depth": 24, "dec_depth": 24,
+        "mlp_dim": 4096, "num_heads": 16, "dropout": 0.0, "temperature": 0.0,
+        "encoder_lr_multiplier": 0.1})
+    # FSQ paper Table 2: FSQ [7,5,5,5,5] = 4375 codes against UViM's 4096-code VQ (paper);
+    # tiny: [8,5,5,5] / 1024 codes, so the tiny runs can fill the codebook in minutes. UViM's
+    # VQ (big_vision models/proj/uvim/vit.py): codewords of dim 768, EMA dictionary learning
+    # with momentum 0.995, unit-norm codewords, no commitment loss, and splitting of the most
+    # used codeword whenever one's discounted count drops below 0.1. UViM's discounted count is
+    # sum_t 0.995^t n_t (steady state n / 0.005); our usage is an EMA (steady state n), so the
+    # same threshold is 0.1 * (1 - 0.995) = 5e-4, and UViM's initial count of 1 is a usage of
+    # 5e-3 (an unused code splits after ~460 steps, as in UViM).
+    config.quantizer = cl.quantizer(
+        arg.quantizer, log2_size=12 if paper else 10,
+        vq={"dim": 768 if paper else 32, "beta": 0.0, "use_ema": True, "ema_decay": 0.995,
+            "l2_normalize": True, "split_codes": not arg.nosplit, "usage_decay": 0.995,
+            "dead_code_threshold": 5e-4, "usage_init": 5e-3, "split_perturbation": 1e-3})
+    config.stage1_workdir = ""  # stage II: the workdir of the trained stage-I model
+    if not paper:
+        config.data.update(source="scenes", image_size=32)
+        small = {"input_size": 32, "patch_size": 4, "width": 64, "enc_depth": 2, "dec_depth": 2,
+                 "mlp_dim": 128, "num_heads": 2}
+        config.model.update(code_len=16, **small)
+        config.stage2.update(encoder_lr_multiplier=1.0, **small)
+        # Scene depth runs from ~2.9 m to the backdrop at 14 m; 128 bins of 0.12 m.
+        config.output.update(bins=128, max_depth=15.0)
+    stage = dict(PAPER[arg.stage] if paper else TINY_STAGE)
+    config.optimizer = cl.optimizer(**stage.pop("optimizer"))
+    # eval_batch_size batches the task's evaluator (task metric, usage) reads.
+    config.evaluators = ml_collections.ConfigDict({"num_batches": stage.pop("evaluator_batches")})
+    config.update(stage)
+    return config

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+import typing
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
+from fsq_jax.config_lib.sections import OnCorrupt
 from fsq_jax.data.errors import DataError
 
-ON_CORRUPT = ("fail", "skip")
+ON_CORRUPT = typing.get_args(OnCorrupt)
 # Split subfolders recognised under the root, e.g. root/train/<class>/x.jpg.
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
 

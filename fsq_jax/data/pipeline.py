@@ -15,77 +15,29 @@ import grain
 import ml_collections
 import numpy as np
 
+from fsq_jax import config_lib
 from fsq_jax.data import folder, preprocess, scenes, tfds_sources
 
 TRAIN_SPLITS = ("train",)
+_DEFAULTS = config_lib.DataConfig()
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Data fields with their defaults (every field non-None, so any is overridable)."""
-    return ml_collections.ConfigDict(
-        {
-            # "scenes" (procedural, built in), "tfds:<name>" (e.g. tfds:imagenet2012,
-            # tfds:nyu_depth_v2, tfds:coco/2017_panoptic) or "folder:<path>".
-            "source": "scenes",
-            "image_size": 64,
-            "seed": 0,  # data order, augmentation and the scenes themselves
-            "shuffle": True,  # shuffle the train split (evaluation splits keep their order)
-            "tfds_data_dir": "",  # "" = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-            "on_corrupt": "fail",  # folder sources: "fail" or "skip" unreadable images
-            # Real images (tfds, folder): "center" square crop, "random" square crop for the train
-            # split (centre for the others), or "resize" the whole image to a square.
-            "crop": "random",
-            "random_flip": True,  # horizontal flips of the train split (tfds, folder)
-            # Procedural scenes: objects per scene and nominal split sizes (an epoch's length).
-            "min_objects": 1,
-            "max_objects": 4,
-            "train_size": 100_000,
-            "eval_size": 10_000,
-            # Prefetching: threads reading ahead, and how many batches they may hold.
-            "read_threads": 2,
-            "prefetch_batches": 4,
-        }
-    )
+    """The `data` section with its defaults (`fsq_jax.config_lib.DataConfig`)."""
+    return config_lib.data()
 
 
 def _field(config: Any, key: str) -> Any:
-    defaults = default_config()
-    return config[key] if key in config else defaults[key]
+    if isinstance(config, config_lib.DataConfig):
+        return getattr(config, key)
+    return config[key] if key in config else getattr(_DEFAULTS, key)
 
 
 def validate_config(config: Any) -> None:
-    """Raises ValueError naming the first bad `data.*` field."""
-    source = _field(config, "source")
-    if not isinstance(source, str) or not (
-        source == "scenes" or source.startswith(("tfds:", "folder:"))
-    ):
-        raise ValueError(
-            f"data.source = {source!r}: must be 'scenes', 'tfds:<name>' or 'folder:<path>'"
-        )
-    if source.startswith(("tfds:", "folder:")) and not source.split(":", 1)[1]:
-        raise ValueError(f"data.source = {source!r}: the name or path after ':' is empty")
-    size = _field(config, "image_size")
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"data.image_size = {size!r}: must be an integer >= 8")
-    seed = _field(config, "seed")
-    if not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"data.seed = {seed!r}: must be an integer in [0, 2^32)")
-    if _field(config, "on_corrupt") not in folder.ON_CORRUPT:
-        raise ValueError(f"data.on_corrupt = {_field(config, 'on_corrupt')!r}: must be one of "
-                         f"{', '.join(folder.ON_CORRUPT)}")
-    if _field(config, "crop") not in preprocess.CROP_MODES:
-        raise ValueError(f"data.crop = {_field(config, 'crop')!r}: must be one of "
-                         f"{', '.join(preprocess.CROP_MODES)}")
-    low, high = _field(config, "min_objects"), _field(config, "max_objects")
-    if not 1 <= low <= high:
-        raise ValueError(f"data.min_objects = {low}, data.max_objects = {high}: need "
-                         "1 <= min_objects <= max_objects")
-    for key in ("train_size", "eval_size"):
-        if _field(config, key) < 1:
-            raise ValueError(f"data.{key} = {_field(config, key)!r}: must be >= 1")
-    for key in ("read_threads", "prefetch_batches"):
-        if _field(config, key) < 0:
-            raise ValueError(f"data.{key} = {_field(config, key)!r}: must be >= 0")
+    """Raises ValueError naming the first bad `data.*` field (missing fields take defaults; a
+    checked `DataConfig` is valid by construction)."""
+    if not isinstance(config, config_lib.DataConfig):
+        config_lib.check({**config_lib.data(), **dict(config)}, config_lib.DataConfig, "data")
 
 
 def _source_kind(config: Any) -> tuple[str, str]:

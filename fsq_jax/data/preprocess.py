@@ -7,12 +7,15 @@ neighbour, so no depth is invented between a surface and an invalid (0) pixel an
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 from PIL import Image
 
+from fsq_jax.config_lib.sections import CropMode
 from fsq_jax.data.scenes import luminance
 
-CROP_MODES = ("center", "random", "resize")
+CROP_MODES = typing.get_args(CropMode)
 # Keys holding [H, W, ...] maps that must be cropped, resized and flipped with the image.
 DENSE_KEYS = ("depth", "panoptic_semantic", "panoptic_instance")
 

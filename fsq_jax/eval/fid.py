@@ -209,7 +209,7 @@ def stats_of_images(images: Iterable[np.ndarray],
     return stats
 
 
-def _stats_filename(key: str) -> str:
+def stats_filename(key: str) -> str:
     if not key or not re.fullmatch(r"[A-Za-z0-9_.,:=/+-]+", key) or ".." in key:
         raise ValueError(f"invalid reference-statistics key {key!r}: use e.g. "
                          "'imagenet2012/validation/256' (letters, digits, _.,:=/+-).")
@@ -232,7 +232,7 @@ def reference_stats(key: str, images_iter_fn: Callable[[], Iterable[np.ndarray]]
       max_samples: stop after this many images.
     """
     root = Path(cache_dir) if cache_dir is not None else inception.default_cache_dir()
-    path = root / "fid_stats" / _stats_filename(key)
+    path = root / "fid_stats" / stats_filename(key)
     if path.is_file():
         return FeatureStats.load(path)
     extractor = extractor if extractor is not None else inception.FeatureExtractor(cache_dir)

@@ -7,16 +7,14 @@ stage II, which quantizer, which ablation — is read from its config, never fro
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fsq_jax import run_dir
 from fsq_jax.reporting.tables import RunResult
 
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
 # The headline metric of each UViM task, as its stage-II evaluator ("uvim") names it.
 UVIM_HEADLINE = {"depth": "rmse", "panoptic": "pq", "colorization": "fid"}
 
@@ -38,19 +36,10 @@ class Run:
         return "" if step is None else os.path.join(self.workdir, "checkpoints", str(step))
 
 
-def read_json(path: str) -> Any:
-    """The parsed JSON file, or None when it is missing or unreadable (a run still in progress)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def load_run(workdir: str) -> Run | None:
     """The run in `workdir`, or None when it has no readable config.json and results.json."""
-    config = read_json(os.path.join(workdir, CONFIG_FILE))
-    results = read_json(os.path.join(workdir, RESULTS_FILE))
+    config = run_dir.read_json(os.path.join(workdir, run_dir.CONFIG_FILE))
+    results = run_dir.read_json(os.path.join(workdir, run_dir.RESULTS_FILE))
     if not isinstance(config, dict) or not isinstance(results, dict):
         return None
     return Run(workdir, config, results)
@@ -63,19 +52,24 @@ def find_runs(roots: list[str]) -> Iterator[Run]:
             raise FileNotFoundError(f"run directory {root!r} does not exist")
         for directory, subdirs, files in sorted(os.walk(root)):
             subdirs.sort()
-            if RESULTS_FILE in files and CONFIG_FILE in files:
+            if run_dir.RESULTS_FILE in files and run_dir.CONFIG_FILE in files:
                 run = load_run(directory)
                 if run is not None:
                     yield run
 
 
-def _quantizer_name(config: Mapping[str, Any]) -> str | None:
-    quantizer = config.get("quantizer")
-    return quantizer.get("name") if isinstance(quantizer, Mapping) else None
+def _quantizer(config: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
+    """(name, fields) of a run's selected quantizer (`quantizer.name`, `quantizer.<name>`)."""
+    section = config.get("quantizer")
+    if not isinstance(section, Mapping):
+        return None, {}
+    name = section.get("name")
+    return name, section.get(name, {}) if isinstance(name, str) else {}
 
 
 def _source(run: Run) -> dict[str, str]:
-    return {"config": os.path.join(run.workdir, CONFIG_FILE), "checkpoint": run.checkpoint()}
+    return {"config": os.path.join(run.workdir, run_dir.CONFIG_FILE),
+            "checkpoint": run.checkpoint()}
 
 
 def maskgit_entry(run: Run) -> tuple[str, RunResult] | None:
@@ -86,7 +80,7 @@ def maskgit_entry(run: Run) -> tuple[str, RunResult] | None:
     if not os.path.isabs(tokenizer_dir) and not os.path.isdir(tokenizer_dir):
         tokenizer_dir = os.path.join(os.path.dirname(run.workdir), os.path.basename(tokenizer_dir))
     tokenizer = load_run(tokenizer_dir)
-    name = _quantizer_name(tokenizer.config) if tokenizer else _quantizer_name(run.config)
+    name = _quantizer(tokenizer.config if tokenizer else run.config)[0]
     if name is None:
         return None
     metrics = {key: run.evaluator(f"sampling/{key}") for key in ("fid", "precision", "recall")}
@@ -98,12 +92,12 @@ def uvim_entry(run: Run) -> tuple[tuple[str, str], RunResult] | None:
     """((task, variant), row) for a UViM stage-II run, ablations folded into task/variant."""
     if run.config.get("task") != "uvim.tasks:Stage2Task":
         return None
-    dense = run.config.get("dense_task", {}).get("name")
-    name = _quantizer_name(run.config)
+    dense = run.config.get("output", {}).get("name")
+    name, fields = _quantizer(run.config)
     if dense not in UVIM_HEADLINE or name not in ("vq", "fsq"):
         return None
     variant = name
-    if name == "vq" and not run.config["quantizer"].get("split_codes", True):
+    if name == "vq" and not fields.get("split_codes", True):
         variant = "vq_nosplit"
     task = dense
     if not run.config.get("model", {}).get("with_context", True):

@@ -1,11 +1,13 @@
 """A small convolutional autoencoder with a configurable quantizer between two projections.
 
 The smallest real task for the shared loop: it trains in seconds on a CPU, exercises quantizer
-state and rngs, and shows FSQ and VQ as a config swap (`get_config("fsq,tiny")` / `"vq,tiny"`).
+state and rngs, and shows FSQ and VQ as a config swap (`configs/autoencoder.py:fsq,tiny` or
+`vq,tiny`, or `--config.quantizer.name=vq`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -17,28 +19,54 @@ import ml_collections
 import numpy as np
 
 from fsq_jax import quantizers
-from fsq_jax.images import to_float, to_uint8
+from fsq_jax.config_lib import LoopConfig, OptimizerConfig, require
+from fsq_jax.dtypes import DTYPES, DTypeName
+from fsq_jax.eval.evaluators import CodebookUsageEvaluator
+from fsq_jax.images import image_grid, to_float, to_uint8
+from fsq_jax.quantizers.registry import QuantizerConfig
 from fsq_jax.train import optim, sharding
-from fsq_jax.train.config import default_config as loop_default_config
-from fsq_jax.train.config_check import ConfigError
 from fsq_jax.train.state import TrainState
 
 GROUP = "autoencoder"
 
 
-def default_config(quantizer: str = "fsq") -> ml_collections.ConfigDict:
-    """Loop fields plus `model`, `quantizer` and `optimizer` sections of this task."""
-    config = loop_default_config()
-    config.task = "fsq_jax.tasks.autoencoder:AutoencoderTask"
-    config.model = ml_collections.ConfigDict(
-        {"width": 32, "num_down": 2, "compute_dtype": "float32"}
-    )
-    config.quantizer = quantizers.default_config(quantizer)
-    config.optimizer = optim.default_config()
-    config.optimizer.learning_rate = 1e-3
-    # Codebook usage over this many validation batches at every evaluation (0 disables it).
-    config.evaluators = ml_collections.ConfigDict({"codebook_batches": 4})
-    return config
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AutoencoderModelConfig:
+    """`model.*`: encoder width and depth (downsamplings) and the compute dtype."""
+
+    width: int
+    num_down: int
+    compute_dtype: DTypeName
+
+    def __post_init__(self):
+        require(self.width >= 1, "width", "must be >= 1")
+        require(self.num_down >= 0, "num_down", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AutoencoderEvaluators:
+    """`evaluators.*`: codebook usage over this many validation batches (0 disables it)."""
+
+    codebook_batches: int
+
+    def __post_init__(self):
+        require(self.codebook_batches >= 0, "codebook_batches", "must be >= 0 (0 disables it)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AutoencoderConfig(LoopConfig):
+    """The autoencoder experiment (configs/autoencoder.py)."""
+
+    model: AutoencoderModelConfig
+    quantizer: QuantizerConfig
+    optimizer: OptimizerConfig
+    evaluators: AutoencoderEvaluators
+
+    def __post_init__(self):
+        super().__post_init__()
+        factor = 2**self.model.num_down
+        require(self.data.image_size % factor == 0, "data.image_size",
+                f"must be divisible by {factor} (2**model.num_down)")
 
 
 class Autoencoder(nn.Module):
@@ -91,43 +119,17 @@ class Autoencoder(nn.Module):
 class AutoencoderTask:
     """Reconstruct `image` batches through a quantized bottleneck (MSE + quantizer loss)."""
 
+    config_schema = AutoencoderConfig
+
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-        if config.model.compute_dtype not in dtypes:
-            raise ConfigError(
-                f"config.model.compute_dtype = {config.model.compute_dtype!r}: "
-                f"must be one of {', '.join(dtypes)}"
-            )
         self.model = Autoencoder(
             width=config.model.width,
             num_down=config.model.num_down,
             quantizer_config=config.quantizer,
-            dtype=dtypes[config.model.compute_dtype],
+            dtype=DTYPES[config.model.compute_dtype],
         )
         self.ema_decay = config.ema_decay
-
-    @staticmethod
-    def reference_config() -> ml_collections.ConfigDict:
-        return default_config()
-
-    def check_config(self, config: ml_collections.ConfigDict) -> None:
-        if config.model.width < 1:
-            raise ConfigError(f"config.model.width = {config.model.width}: must be >= 1")
-        if config.evaluators.codebook_batches < 0:
-            raise ConfigError(
-                f"config.evaluators.codebook_batches = {config.evaluators.codebook_batches}: "
-                "must be >= 0 (0 disables the codebook evaluator)"
-            )
-        if config.model.num_down < 0:
-            raise ConfigError(f"config.model.num_down = {config.model.num_down}: must be >= 0")
-        factor = 2**config.model.num_down
-        size = config.data.get("image_size", None)
-        if isinstance(size, int) and size % factor:
-            raise ConfigError(
-                f"config.data.image_size = {size}: must be divisible by {factor} "
-                f"(2**model.num_down with model.num_down={config.model.num_down})"
-            )
 
     def _variables(self, state: TrainState, params: Any) -> dict[str, Any]:
         return {"params": params[GROUP], **state.model_state}
@@ -182,7 +184,6 @@ class AutoencoderTask:
             "loss": loss,
             "mse": mse,
             "quantizer_loss": out.loss,
-            "grad_norm": _global_norm(grads),
             **{f"quantizer/{k}": v for k, v in out.metrics.items()},
         }
         return new_state, metrics
@@ -209,23 +210,15 @@ class AutoencoderTask:
         batches = self.config.evaluators.codebook_batches
         if batches == 0:
             return ()
-        from fsq_jax import data
-        from fsq_jax.eval.evaluators import CodebookUsageEvaluator
 
-        def validation_batches():
-            # Every process reads the whole global batches, so all report the same values.
-            stream = data.build(
-                self.config.data, "validation", self.config.eval_batch_size, shuffle=False
-            )
-            for _, batch in zip(range(batches), stream):
-                yield batch
-
-        def indices(state: TrainState, batch: dict[str, np.ndarray]) -> np.ndarray:
+        def indices(state: TrainState, batch: dict[str, np.ndarray], context: Any) -> np.ndarray:
             variables = self._variables(state, state.eval_params())
-            return sharding.to_host(self._indices(variables, batch["image"]))
+            return context.run(self._indices, (variables,), batch["image"])
 
         size = quantizers.codebook_size(self.config.quantizer)
-        return (CodebookUsageEvaluator("codebook", indices, validation_batches, size),)
+        batch_size = self.config.eval_batch_size
+        return (CodebookUsageEvaluator("codebook", indices, size, batch_size=batch_size,
+                                       num_examples=batches * batch_size),)
 
     @functools.partial(jax.jit, static_argnums=0)
     def _indices(self, variables: dict[str, Any], images: jax.Array) -> jax.Array:
@@ -241,10 +234,6 @@ class AutoencoderTask:
             self._variables(state, state.eval_params()), to_float(images), rng, train=False
         )
         images, reconstruction = sharding.to_host((images, to_uint8(reconstruction)))
-        top = np.concatenate(list(images), axis=1)
-        bottom = np.concatenate(list(reconstruction), axis=1)
-        return {"reconstructions": np.concatenate([top, bottom], axis=0)}
+        return {"reconstructions": image_grid(np.concatenate([images, reconstruction]), rows=2)}
 
 
-def _global_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

@@ -1,40 +1,47 @@
-"""The one training loop every task runs on: state, optimisers, sharding, checkpoints, logging.
+"""The one training loop every task runs on: validation, state, optimisers, sharding, checkpoints.
 
-A task (see `Task`) supplies the model-specific pure functions; `train_and_evaluate` owns the mesh,
-jit, EMA, checkpoints, metrics, progress, evaluation, preemption and the NaN guard.
+A task (see `Task`) supplies the model-specific pure functions; `train_and_evaluate` validates the
+config once, builds the task (and its frozen stage), and owns the mesh, jit, EMA, checkpoints,
+metrics, progress, evaluation, preemption and the NaN guard.
 """
 
+from fsq_jax.config_lib import ConfigError
+from fsq_jax.run_dir import read_config, restore_latest
 from fsq_jax.train import optim, sharding
 from fsq_jax.train.checkpoint import Checkpointer, CheckpointError
-from fsq_jax.train.config import default_config
-from fsq_jax.train.config_check import ConfigError, validate_config
+from fsq_jax.train.evaluation import EvalContext, Evaluator, run_sharded
+from fsq_jax.train.frozen import FrozenStage, frozen_from_variables, load_frozen
 from fsq_jax.train.loop import (
     NonFiniteError,
+    build_task,
     evaluate,
-    load_task,
-    read_config,
-    restore_latest,
     train_and_evaluate,
 )
 from fsq_jax.train.state import TrainState
-from fsq_jax.train.task import Batch, Evaluator, Task
+from fsq_jax.train.task import Batch, Task
+from fsq_jax.train.validate import resolve_task, validate
 
 __all__ = [
     "Batch",
     "CheckpointError",
     "Checkpointer",
     "ConfigError",
+    "EvalContext",
     "Evaluator",
+    "FrozenStage",
     "NonFiniteError",
     "Task",
     "TrainState",
-    "default_config",
+    "build_task",
     "evaluate",
-    "load_task",
+    "frozen_from_variables",
+    "load_frozen",
     "optim",
     "read_config",
+    "resolve_task",
     "restore_latest",
+    "run_sharded",
     "sharding",
     "train_and_evaluate",
-    "validate_config",
+    "validate",
 ]

@@ -69,7 +69,11 @@ def tree_to_state(tree: dict[str, Any], template: Any) -> Any:
     """Puts restored arrays back into a `TrainState`-like `template` (keeps its optimisers)."""
     if isinstance(template, dict):
         return dict(tree)
-    return template.replace(**{k: tree[k] for k in STATE_FIELDS})
+    # Gradient norms are not saved: zeros, placed like the template's (an uncommitted array
+    # would make the first train step compile twice).
+    norms = {k: jax.device_put(np.zeros(leaf.shape, leaf.dtype), getattr(leaf, "sharding", None))
+             for k, leaf in template.grad_norms.items()}
+    return template.replace(**{k: tree[k] for k in STATE_FIELDS}, grad_norms=norms)
 
 
 def _file_crc32(path: str) -> int:

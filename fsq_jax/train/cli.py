@@ -1,4 +1,6 @@
-"""Command-line flags and parsing shared by scripts/train.py and scripts/evaluate.py.
+"""What every script's command line shares: absl flags, `--config file.py:preset` with
+`--config.field=value` overrides (ml_collections config flags, as the flax examples), one-line
+errors, quiet library logs, the persistent compilation cache and multi-host start-up.
 
 `--config.field=value` overrides naming a field the config does not have fail with one line that
 names the override (ml_collections would otherwise raise a traceback from inside flag parsing).
@@ -10,7 +12,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -23,8 +25,8 @@ _OVERRIDE = re.compile(r"^--?config\.([\w.]+)(=.*)?$")
 def define_run_flags(workdir_help: str) -> None:
     """Defines --config, --workdir and the multi-host flags of a train/evaluate entry point."""
     config_flags.DEFINE_config_file(
-        "config", None, "Config file, e.g. configs/autoencoder.py:fsq,tiny", lock_config=True
-    )
+        "config", None, "Config file and preset, e.g. configs/autoencoder.py:fsq,tiny; any field "
+        "can be overridden with --config.<field>=<value>", lock_config=True)
     flags.DEFINE_string("workdir", None, workdir_help)
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
@@ -34,17 +36,33 @@ def define_run_flags(workdir_help: str) -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-def start_run(argv: Sequence[str]) -> None:
-    """Rejects stray arguments, quiets library logs and joins the multi-host run, if any."""
+def start(argv: Sequence[str]) -> None:
+    """Rejects stray arguments and quiets library logs (every script's first line)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()
+
+
+def start_run(argv: Sequence[str]) -> None:
+    """`start`, then joins the multi-host run, if any (train / evaluate)."""
+    start(argv)
     distributed.initialize(
         flags.FLAGS.coordinator_address,
         flags.FLAGS.num_processes,
         flags.FLAGS.process_id,
         cpu_collectives=flags.FLAGS.cpu_collectives,
     )
+
+
+def enable_compilation_cache(directory: str | None, workdir: str) -> None:
+    """JAX's persistent compilation cache in `directory` (None: `workdir/compilation_cache`,
+    "": off), so a rerun or a resumed run does not compile the same programs again."""
+    import jax
+
+    cache = os.path.join(workdir, "compilation_cache") if directory is None else directory
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -65,6 +83,11 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         suggestion = re.search(r"Did you mean \W*(\w+)", text)
         hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
         sys.exit(f"config error: {culprit}: the config has no field {missing!r}{hint}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """`absl.app.run(main)` with `parse_flags` (every script's last line)."""
+    app.run(main, flags_parser=parse_flags)
 
 
 class _DropLibraryInfo(logging.Filter):

@@ -63,6 +63,8 @@ class TrainState(flax.struct.PyTreeNode):
       opt_state: `{group: optax state}`, same keys as `params`.
       ema_params: `{group: params pytree}` when `ema_decay > 0`, else `{}`.
       model_state: non-trained Flax collections, e.g. `{"quantizer_state": ...}`.
+      grad_norms: `{group: global norm of the last gradients applied to it}`, for logging
+        (not checkpointed).
       tx: static `{group: optax.GradientTransformation}`.
       ema_decay: static EMA decay (0 disables the EMA).
     """
@@ -72,6 +74,7 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: dict[str, Any]
     ema_params: dict[str, Any]
     model_state: dict[str, Any]
+    grad_norms: dict[str, jax.Array]
     tx: OptimizerGroups = flax.struct.field(pytree_node=False)
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
@@ -121,6 +124,7 @@ class TrainState(flax.struct.PyTreeNode):
             opt_state=opt_state,
             ema_params=ema_params,
             model_state=dict(model_state or {}),
+            grad_norms={name: jnp.zeros((), jnp.float32) for name in params},
             tx=tx,
             ema_decay=ema_decay,
         )
@@ -143,6 +147,7 @@ class TrainState(flax.struct.PyTreeNode):
         params = dict(self.params)
         opt_state = dict(self.opt_state)
         ema_params = dict(self.ema_params)
+        grad_norms = dict(self.grad_norms)
         decay = self.ema_decay
 
         def ema_update(ema: jax.Array, new: jax.Array) -> jax.Array:
@@ -153,6 +158,7 @@ class TrainState(flax.struct.PyTreeNode):
                 group_grads, self.opt_state[name], self.params[name]
             )
             params[name] = optax.apply_updates(self.params[name], updates)
+            grad_norms[name] = optax.global_norm(group_grads).astype(jnp.float32)
             if self.ema_decay > 0.0:
                 ema_params[name] = jax.tree.map(ema_update, self.ema_params[name], params[name])
         return self.replace(
@@ -161,6 +167,7 @@ class TrainState(flax.struct.PyTreeNode):
             opt_state=opt_state,
             ema_params=ema_params,
             model_state=self.model_state if model_state is None else dict(model_state),
+            grad_norms=grad_norms,
         )
 
     def eval_params(self) -> dict[str, Any]:

@@ -6,7 +6,9 @@ reconstructs a distribution per pixel and the prediction is the centre of the ar
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -14,16 +16,28 @@ import matplotlib
 import ml_collections
 import numpy as np
 
+from fsq_jax.config_lib import require
 from fsq_jax.eval import depth as depth_metrics
-from uvim.tasks.base import Batch, DenseTask, Metric, masked_mean, positive, softmax_cross_entropy
+from uvim.outputs.base import Batch, DenseOutput, Metric, masked_mean, softmax_cross_entropy
 
 NAME = "depth"
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Depth task fields (UViM: 256 bins over [1e-3, 10] m, big_vision vqvae_nyu_depth.py)."""
-    return ml_collections.ConfigDict(
-        {"name": NAME, "bins": 256, "min_depth": 1e-3, "max_depth": 10.0})
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DepthConfig:
+    """`output.*` of depth: metres in [min_depth, max_depth] quantised to `bins` classes (UViM:
+    256 bins over [1e-3, 10] m, big_vision configs/proj/uvim/vqvae_nyu_depth.py)."""
+
+    name: Literal["depth"]
+    bins: int
+    min_depth: float
+    max_depth: float
+
+    def __post_init__(self):
+        require(self.bins > 0, "bins", "must be > 0")
+        require(self.max_depth > 0, "max_depth", "must be > 0")
+        require(0 <= self.min_depth < self.max_depth, "min_depth",
+                f"must be in [0, max_depth={self.max_depth})")
 
 
 def depth_to_bins(depth: jax.Array, bins: int, min_depth: float, max_depth: float) -> jax.Array:
@@ -57,19 +71,13 @@ class DepthMetric(Metric):
         return self.metrics.result()
 
 
-class DepthTask(DenseTask):
+class DepthOutput(DenseOutput):
     """Depth: target = one-hot depth bin per pixel; loss = softmax cross-entropy on valid pixels."""
 
     name = NAME
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        positive(config, "bins", "dense_task")
-        positive(config, "max_depth", "dense_task")
-        if not 0 <= config.min_depth < config.max_depth:
-            raise ValueError(
-                f"dense_task.min_depth must be in [0, max_depth={config.max_depth}), "
-                f"got {config.min_depth}")
         self.bins = int(config.bins)
         self.min_depth = float(config.min_depth)
         self.max_depth = float(config.max_depth)

@@ -7,30 +7,41 @@ stuff and void). The canonical numbering makes the target a function of the segm
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fsq_jax.config_lib import require
 from fsq_jax.eval import panoptic as eval_panoptic
-from uvim.tasks.base import Batch, DenseTask, Metric, positive, softmax_cross_entropy
+from uvim.outputs.base import Batch, DenseOutput, Metric, softmax_cross_entropy
 
 NAME = "panoptic"
 _SENTINEL = np.iinfo(np.int32).max
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Panoptic fields (UViM COCO: 133 classes + void, 100 instance slots; vqvae_coco_panoptic.py).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PanopticConfig:
+    """`output.*` of panoptic segmentation (UViM COCO: 133 classes + void, 100 instance slots;
+    big_vision configs/proj/uvim/vqvae_coco_panoptic.py). `thing_classes` lists the class ids
+    with instances (PQ treats the others as stuff)."""
 
-    `thing_classes` lists the class ids with instances (PQ treats the others as stuff).
-    """
-    return ml_collections.ConfigDict({
-        "name": NAME, "num_classes": 133, "max_instances": 100,
-        "thing_classes": tuple(range(80)),  # COCO panoptic: the 80 thing classes come first
-    })
+    name: Literal["panoptic"]
+    num_classes: int
+    max_instances: int
+    thing_classes: tuple[int, ...]
+
+    def __post_init__(self):
+        require(self.num_classes > 0, "num_classes", "must be > 0")
+        require(self.max_instances > 0, "max_instances", "must be > 0")
+        bad = [c for c in self.thing_classes if not 0 <= c < self.num_classes]
+        require(not bad, "thing_classes", f"must lie in [0, num_classes={self.num_classes}), "
+                f"got {bad}")
 
 
 def _canonical_instances(instance: jax.Array, max_instances: int) -> jax.Array:
@@ -136,20 +147,13 @@ class PanopticQuality(Metric):
                 if not math.isnan(value)}
 
 
-class PanopticTask(DenseTask):
+class PanopticOutput(DenseOutput):
     """Panoptic: targets = one-hot semantic (+void) and canonical instance index; loss = CE."""
 
     name = NAME
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        positive(config, "num_classes", "dense_task")
-        positive(config, "max_instances", "dense_task")
-        bad = [c for c in config.thing_classes if not 0 <= c < config.num_classes]
-        if bad:
-            raise ValueError(
-                f"dense_task.thing_classes must lie in [0, num_classes={config.num_classes}), "
-                f"got {bad}")
         self.num_classes = int(config.num_classes)
         self.max_instances = int(config.max_instances)
         self.thing_classes = tuple(int(c) for c in config.thing_classes)

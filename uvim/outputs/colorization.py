@@ -6,22 +6,27 @@ image in [-1, 1]; the decoder regresses the three channels per pixel.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from fsq_jax import images as image_lib
-from uvim.tasks.base import Batch, DenseTask, Metric
+from uvim.outputs.base import Batch, DenseOutput, Metric
 
 NAME = "colorization"
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Colorization fields: whether the evaluator computes FID (needs the InceptionV3 weights)."""
-    return ml_collections.ConfigDict({"name": NAME, "fid": True})
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ColorizationConfig:
+    """`output.*` of colorization: whether the evaluator computes FID (needs the InceptionV3
+    weights: `make inception`)."""
+
+    name: Literal["colorization"]
+    fid: bool
 
 
 def psnr(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -63,7 +68,7 @@ class ColorizationMetric(Metric):
         return out
 
 
-class ColorizationTask(DenseTask):
+class ColorizationOutput(DenseOutput):
     """Colorization: target = RGB in [-1, 1]; loss = mean squared error; context = gray image."""
 
     name = NAME

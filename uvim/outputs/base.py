@@ -1,7 +1,7 @@
-"""What a UViM dense task defines: its target tensor, context image, loss, prediction and metric.
+"""What a UViM dense output defines: its target tensor, context image, loss, prediction, metric.
 
-The stage-I and stage-II trainers are task-agnostic; each dense task (depth, colorization,
-panoptic) plugs in through this small interface, as the UViM paper's per-task heads do.
+The stage-I and stage-II tasks are generic; each task's output (depth, colorization, panoptic)
+plugs in through this small interface, as the UViM paper's per-task heads do.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fsq_jax import images as image_lib
 Batch = Mapping[str, jax.Array]
 
 
-class DenseTask(abc.ABC):
+class DenseOutput(abc.ABC):
     """A dense prediction task: image -> per-pixel output, encoded as a few target channels.
 
     Targets and logits are dicts `{name: [B, H, W, channels]}`; the stage-I model folds them into
@@ -94,9 +94,3 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of `values` where `mask` is true (0 when nothing is)."""
     mask = mask.astype(jnp.float32)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def positive(config: ml_collections.ConfigDict, field: str, prefix: str) -> None:
-    """Raises ValueError naming `prefix.field` unless the field is > 0."""
-    if not config[field] > 0:
-        raise ValueError(f"{prefix}.{field} must be > 0, got {config[field]!r}")

@@ -1,0 +1,152 @@
+"""The config sections `fsq_jax` itself reads: the loop's fields, `data` and an optimizer.
+
+Each is a schema whose defaults are the single source of these fields' defaults: config files
+start from `loop()`, `data()` and `optimizer()`, and the loop checks configs against the same
+classes. Pure data: importing this module imports no JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal
+
+import ml_collections
+
+from fsq_jax.config_lib.schema import defaults, require
+
+NanPolicy = Literal["stop", "skip"]
+CropMode = Literal["center", "random", "resize"]
+OnCorrupt = Literal["fail", "skip"]
+OptimizerName = Literal["adam", "adamw", "sgd", "lion", "adafactor"]
+ScheduleName = Literal["constant", "cosine", "linear"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """`data.*`: where examples come from and how they are read (fsq_jax.data)."""
+
+    # "scenes" (procedural, built in), "tfds:<name>" (tfds:imagenet2012, tfds:nyu_depth_v2,
+    # tfds:coco/2017_panoptic) or "folder:<path>" (class subfolders of images).
+    source: str = "scenes"
+    image_size: int = 64
+    seed: int = 0  # data order, augmentation and the procedural scenes themselves
+    shuffle: bool = True  # shuffle the train split (evaluation splits keep their order)
+    tfds_data_dir: str = ""  # "" = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    on_corrupt: OnCorrupt = "fail"  # folder sources: fail on, or skip, unreadable images
+    # Real images (tfds, folder): "center" square crop, "random" square crop of the train split
+    # (centre for the others), or "resize" the whole image to a square.
+    crop: CropMode = "random"
+    random_flip: bool = True  # horizontal flips of the train split (tfds, folder)
+    # Procedural scenes: objects per scene and nominal split sizes (an epoch's length).
+    min_objects: int = 1
+    max_objects: int = 4
+    train_size: int = 100_000
+    eval_size: int = 10_000
+    # Prefetching: threads reading ahead, and how many batches they may hold.
+    read_threads: int = 2
+    prefetch_batches: int = 4
+
+    def __post_init__(self):
+        kind, _, argument = self.source.partition(":")
+        require(self.source == "scenes" or kind in ("tfds", "folder"), "source",
+                "must be 'scenes', 'tfds:<name>' or 'folder:<path>'")
+        require(kind == "scenes" or bool(argument), "source", "the name or path after ':' is "
+                "empty")
+        require(kind != "folder" or os.path.isdir(argument), "source",
+                f"no such directory {argument!r}")
+        require(self.image_size >= 8, "image_size", "must be >= 8")
+        require(0 <= self.seed < 2**32, "seed", "must be in [0, 2^32)")
+        require(1 <= self.min_objects <= self.max_objects, "min_objects",
+                f"need 1 <= min_objects <= max_objects ({self.max_objects})")
+        for field in ("train_size", "eval_size"):
+            require(getattr(self, field) >= 1, field, "must be >= 1")
+        for field in ("read_threads", "prefetch_batches"):
+            require(getattr(self, field) >= 0, field, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """An optax optimiser with its learning-rate schedule (fsq_jax.train.optim.build)."""
+
+    name: OptimizerName = "adam"
+    learning_rate: float = 1e-4  # the peak rate, after warm-up
+    schedule: ScheduleName = "constant"  # cosine / linear decay to end_learning_rate
+    warmup_steps: int = 0  # linear warm-up from 0
+    end_learning_rate: float = 0.0  # final rate of cosine / linear, absolute value
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # decoupled, for adamw / lion / sgd; adafactor's decay rate
+    grad_clip_norm: float = 0.0  # 0 disables clipping by global norm
+
+    def __post_init__(self):
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        require(self.end_learning_rate >= 0, "end_learning_rate", "must be >= 0")
+        for field in ("b1", "b2"):
+            require(0.0 <= getattr(self, field) < 1.0, field, "must be in [0, 1)")
+        require(self.eps > 0, "eps", "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.name != "adam" or self.weight_decay == 0, "weight_decay",
+                "needs name='adamw' (decoupled decay) instead of 'adam'")
+        require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 disables it)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """The top-level fields the shared loop reads (fsq_jax.train.train_and_evaluate).
+
+    A task's schema extends this class with its own sections.
+    """
+
+    task: str = "fsq_jax.tasks.autoencoder:AutoencoderTask"  # "module.path:ClassName"
+    seed: int = 0
+    total_steps: int = 1000
+    batch_size: int = 32  # global, over all devices and hosts
+    eval_batch_size: int = 32
+    log_every: int = 50  # 0 = only at the end
+    eval_every: int = 500
+    images_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    ema_decay: float = 0.0  # EMA of the params used for evaluation; 0 disables it
+    nan_policy: NanPolicy = "stop"  # a NaN/Inf update: stop the run, or skip the update
+    fsdp: bool = False  # shard params and optimiser state over the devices
+    eval_steps: int = 4  # validation batches averaged by the eval step
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        module, _, name = self.task.partition(":")
+        require(bool(module) and name.isidentifier() and self.task.count(":") == 1, "task",
+                "must be 'module.path:ClassName'")
+        for field in ("total_steps", "batch_size", "eval_batch_size", "keep_checkpoints"):
+            require(getattr(self, field) >= 1, field, "must be >= 1")
+        for field in ("log_every", "eval_every", "images_every", "checkpoint_every",
+                      "eval_steps", "seed"):
+            require(getattr(self, field) >= 0, field, "must be >= 0")
+        require(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0 disables it)")
+
+
+def data(**overrides) -> ml_collections.ConfigDict:
+    """The `data` section with its defaults, updated with `overrides`."""
+    section = defaults(DataConfig)
+    section.update(overrides)
+    return section
+
+
+def optimizer(**overrides) -> ml_collections.ConfigDict:
+    """An optimizer section with its defaults, updated with `overrides`."""
+    section = defaults(OptimizerConfig)
+    section.update(overrides)
+    return section
+
+
+def loop(**overrides) -> ml_collections.ConfigDict:
+    """The loop's fields (and the `data` section) with their defaults, updated with
+    `overrides`; experiment configs add their task's sections to it."""
+    config = defaults(LoopConfig)
+    config.update(overrides)
+    return config

@@ -1,0 +1,131 @@
+"""Outputs of a codebook-size study (FSQ paper, Figure 3): one CSV row per (quantizer, size) and
+the four-panel plot (reconstruction FID, sampling FID, codebook usage, compression cost).
+
+Pure functions of the rows, so a sweep cut short, or rows read back from `sweep.csv`, plot the
+same way; `maskgit.sweep` produces the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+CSV_COLUMNS = (
+    "quantizer", "log2_size", "codebook_size", "levels", "recon_fid", "sampling_fid", "usage",
+    "used_codes", "compression_bits", "bits_per_token", "uniform_bits", "psnr",
+    "tokenizer_dir", "transformer_dir",
+)
+# (CSV column, panel title, y label) of the four panels, in the paper's order.
+PANELS = (
+    ("recon_fid", "Reconstruction FID", "FID (lower is better)"),
+    ("sampling_fid", "Sampling FID", "FID (lower is better)"),
+    ("usage", "Codebook usage", "fraction of codes used"),
+    ("compression_bits", "Compression cost", "bits / image"),
+)
+QUANTIZER_STYLES = {"vq": ("VQ", "tab:blue", "o"), "fsq": ("FSQ", "tab:orange", "s")}
+
+
+def coarse_to_fine(values: Sequence[int]) -> list[int]:
+    """Both ends first, then repeatedly the middle of the largest gap, so that a sweep cut
+    short already spans the whole range: (4, 6, 8, 10, 12, 14, 16) -> 4, 16, 10, 6, 12, 8, 14."""
+    values = sorted(set(values))
+    if len(values) <= 2:
+        return values
+    order = [values[0], values[-1]]
+    pending = [(0, len(values) - 1)]
+    while pending:
+        next_pending = []
+        for low, high in pending:
+            if high - low < 2:
+                continue
+            middle = (low + high) // 2
+            order.append(values[middle])
+            next_pending += [(low, middle), (middle, high)]
+        pending = next_pending
+    return order
+
+
+def format_value(value: Any) -> str:
+    """A CSV / log cell: floats to 6 significant digits, NaN as empty."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """One row per (quantizer, log2 size), columns `CSV_COLUMNS` (missing values empty)."""
+    for index, row in enumerate(rows):
+        missing = [c for c in ("quantizer", "log2_size") if c not in row]
+        if missing:
+            raise ValueError(f"rows[{index}]: missing field {missing[0]!r}")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: format_value(row.get(c, float("nan"))) for c in CSV_COLUMNS})
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    """Rows of `write_csv` back, numbers as numbers (empty cells as NaN)."""
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for key, value in raw.items():
+                if key in ("quantizer", "levels", "tokenizer_dir", "transformer_dir"):
+                    row[key] = value
+                elif key in ("log2_size", "codebook_size", "used_codes"):
+                    row[key] = int(value) if value else None
+                else:
+                    row[key] = float(value) if value else float("nan")
+            rows.append(row)
+    return rows
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
+    """The paper's Figure 3 layout: four panels against log2 codebook size, one line per
+    quantizer (reconstruction FID, sampling FID, codebook usage, compression cost)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quantizers = [q for q in QUANTIZER_STYLES if any(r["quantizer"] == q for r in rows)]
+    quantizers += sorted({r["quantizer"] for r in rows} - set(quantizers))
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for axis, (column, panel_title, ylabel) in zip(axes, PANELS):
+        for quantizer in quantizers:
+            points = sorted((r["log2_size"], r.get(column, float("nan"))) for r in rows
+                            if r["quantizer"] == quantizer)
+            xs = [x for x, y in points if y is not None and not math.isnan(float(y))]
+            ys = [float(y) for x, y in points if y is not None and not math.isnan(float(y))]
+            label, color, marker = QUANTIZER_STYLES.get(quantizer, (quantizer, None, "^"))
+            axis.plot(xs, ys, marker=marker, color=color, label=label)
+        axis.set_title(panel_title)
+        axis.set_xlabel("log2 codebook size")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        sizes = sorted({r["log2_size"] for r in rows})
+        if sizes:
+            axis.set_xticks(sizes)
+        if column == "usage":
+            axis.set_ylim(0.0, 1.05)
+    axes[0].legend()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_outputs(rows: Sequence[Mapping[str, Any]], workdir: str, preset: str) -> None:
+    """sweep.csv (sorted by size, then VQ before FSQ) and sweep.png of the rows so far."""
+    order = {name: index for index, name in enumerate(QUANTIZER_STYLES)}
+    rows = sorted(rows, key=lambda r: (r["log2_size"], order.get(r["quantizer"], len(order)),
+                                       r["quantizer"]))
+    write_csv(rows, os.path.join(workdir, "sweep.csv"))
+    plot(rows, os.path.join(workdir, "sweep.png"),
+         title=f"Codebook-size study ({preset}): VQ vs FSQ MaskGIT")

@@ -1,0 +1,99 @@
+"""The files of a run directory (workdir) and how they are read and written.
+
+    workdir/config.json    the run's config, written when a run is accepted
+    workdir/results.json   final metrics, written when training reaches total_steps
+    workdir/checkpoints/   orbax steps
+    workdir/metrics.csv, events.out.tfevents.*, images/
+
+Reading never changes a workdir, so evaluation and stage II may read a run that is still training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes JSON atomically (a temporary file renamed into place)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    """The JSON value in `path`, or None when the file is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as a run stores it in `config.json` (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved as `workdir/config.json`.
+
+    Raises:
+      FileNotFoundError: `workdir` holds no config.json (it is not a run directory).
+      ValueError: config.json is not valid JSON.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a run directory "
+                                "(a run writes config.json when it starts)")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(_tuples(json.load(f)))
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples configs hold (so a read config equals the one written)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def restore_latest(workdir: str, target: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
+    """A run's config and its newest good checkpoint, read without changing the workdir.
+
+    Args:
+      workdir: a run directory.
+      target: None restores host numpy arrays as a dict with keys `step`, `params`,
+        `opt_state`, `ema_params`, `model_state`. For a typed `TrainState` pass the abstract
+        state of the task that wrote it (`jax.eval_shape(task.init_state, rng, batch)`).
+
+    Raises:
+      FileNotFoundError: no config.json or no checkpoint in `workdir`.
+    """
+    from fsq_jax.train.checkpoint import Checkpointer
+
+    config = read_config(workdir)
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {workdir!r}")
+    checkpointer = Checkpointer(directory, keep=max(int(config.get("keep_checkpoints", 1)), 1),
+                                async_save=False)
+    try:
+        restored = checkpointer.restore_latest(target=target)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoints in {directory!r}")
+    return config, restored[1]
