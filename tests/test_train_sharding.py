@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fsq_jax.train.actions import ReportProgress, format_duration, progress_line
 from jax.sharding import PartitionSpec
 
 from fsq_jax.train import sharding
+from fsq_jax.train.actions import ReportProgress, format_duration, progress_line
 from fsq_jax.train.writers import CsvWriter, write_pngs
 
 
