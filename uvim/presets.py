@@ -31,8 +31,16 @@ def paper_stage(*, learning_rate: float, weight_decay: float, total_steps: int,
                 batch_size: int, eval_every: int, grad_clip_norm: float | None = None,
                 evaluator_batches: int = 3) -> dict[str, Any]:
     """One stage of a big_vision UViM config: adafactor, cosine schedule with 4k warmup."""
-    optimizer = {"name": "adafactor", "learning_rate": learning_rate,
-                 "weight_decay": weight_decay, "schedule": "cosine", "warmup_steps": 4_000}
+    # big_vision configs/proj/uvim/*.py: optax_name "big_vision.scale_by_adafactor" with
+    # optax=dict(beta2_cap=0.95), clipping_threshold None, the rest at scale_by_adafactor's
+    # defaults (big_vision/optax.py: min_dim_size_to_factor 32, decay_rate 0.8, momentum 0.9 in
+    # bfloat16); wd on kernels only (optax.py make: wd_mults default (".*/kernel$", 1.0)),
+    # scaled by the schedule, not by lr; schedule dict(decay_type="cosine", warmup_steps=4_000).
+    optimizer = {"name": "big_vision_adafactor", "learning_rate": learning_rate,
+                 "weight_decay": weight_decay, "weight_decay_pattern": ".*/kernel$",
+                 "beta2_cap": 0.95, "beta2_exponent": 0.8, "min_dim_size_to_factor": 32,
+                 "clipping_threshold": 0.0, "momentum": 0.9, "momentum_dtype": "bfloat16",
+                 "schedule": "cosine", "warmup_steps": 4_000}
     if grad_clip_norm is not None:
         optimizer["grad_clip_norm"] = grad_clip_norm
     return {"optimizer": optimizer, "total_steps": total_steps, "batch_size": batch_size,
@@ -123,8 +131,13 @@ def build(task: ml_collections.ConfigDict, arg: str | None, paper: Mapping[str, 
 
     config.model = stage1.default_config()
     config.stage2 = stage2.default_config()
-    # big_vision train_*_pretrained.py: lr_mults 0.1 on the (ImageNet-21k pre-trained) encoder.
+    # big_vision train_*_pretrained.py: the encoder starts from ViT-L/16 on ImageNet-21k
+    # (model_init = {"encoder": "howto-i21k-L/16"}) and trains at lr_mults 0.1. The file is the
+    # user's to supply (docs/weights.md): --config.stage2.encoder_init=<ViT-L/16 .npz>. Empty =
+    # not loaded; then the 0.1 multiplier is refused at start-up (set it to 1.0 to train the
+    # encoder from scratch at the full rate).
     config.stage2.encoder_lr_multiplier = 0.1
+    config.stage2.encoder_init = ""
     if size == "tiny":
         config.model.update(input_size=32, patch_size=4, width=64, enc_depth=2, dec_depth=2,
                             mlp_dim=128, num_heads=2, code_len=16)

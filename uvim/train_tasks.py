@@ -20,9 +20,9 @@ from fsq_jax import codebook, quantizers
 from fsq_jax import images as image_lib
 from fsq_jax.eval.codebook_report import CodeCounter
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
-from fsq_jax.train import TrainState, optim
+from fsq_jax.train import TrainState, npz_init, optim
 from fsq_jax.train import default_config as loop_default_config
-from uvim import stage1, stage2
+from uvim import stage1, stage2, vit_checkpoint
 from uvim.tasks import DENSE_TASKS, build_dense_task
 from uvim.tasks import colorization as colorization_task
 from uvim.tasks import depth as depth_task
@@ -49,6 +49,7 @@ def reference_config(dense_name: str) -> ml_collections.ConfigDict:
     config.model = stage1.default_config()
     config.stage2 = stage2.default_config()
     config.stage2.encoder_lr_multiplier = 1.0
+    config.stage2.encoder_init = ""
     config.quantizer = quantizers.default_config()
     config.optimizer = optim.default_config()
     config.stage1_workdir = ""
@@ -231,11 +232,34 @@ def _split_encoder(params: Any) -> Any:
             for k, v in params.items()}
 
 
+def stage2_optimizer(optimizer: ml_collections.ConfigDict, encoder_lr_multiplier: float,
+                     total_steps: int) -> optax.GradientTransformation:
+    """Stage II's optimiser: the encoder's learning rate times `encoder_lr_multiplier`.
+
+    As big_vision's `lr_mults` (big_vision/optax.py make), the multiplier scales the learning
+    rate (with `big_vision_adafactor`, not the weight decay) and gradients are clipped by the
+    global norm of all parameters, before the encoder/decoder split.
+    """
+    if encoder_lr_multiplier == 1.0:
+        return optim.build(optimizer, total_steps)
+    unclipped = ml_collections.ConfigDict(optimizer.to_dict())
+    unclipped.grad_clip_norm = 0.0
+    decoder = optim.build(unclipped, total_steps)
+    scaled = ml_collections.ConfigDict(unclipped.to_dict())
+    scaled.learning_rate = optimizer.learning_rate * encoder_lr_multiplier
+    scaled.end_learning_rate = optimizer.get("end_learning_rate", 0.0) * encoder_lr_multiplier
+    encoder = optim.build(scaled, total_steps)
+    split = optax.multi_transform({"encoder": encoder, "decoder": decoder}, _split_encoder)
+    clip = float(optimizer.get("grad_clip_norm", 0.0))
+    return optax.chain(optax.clip_by_global_norm(clip), split) if clip > 0 else split
+
+
 class Stage2Task:
     """UViM stage II: predict the frozen stage-I code of the task output from the image.
 
     Parameter group "stage2"; the frozen stage-I variables ride along in
-    `model_state["stage1"]`, so checkpoints are self-contained.
+    `model_state["stage1"]`, so checkpoints are self-contained. A non-empty
+    `stage2.encoder_init` names a ViT `.npz` the encoder starts from (`uvim.vit_checkpoint`).
 
     Args:
       config: the stage-II config (`stage1_workdir` names the trained stage-I run).
@@ -268,6 +292,7 @@ class Stage2Task:
         self.model = stage2.build(config.stage2, self.codebook_size, self.stage1.code_len)
         self.batches_fn = batches_fn or (lambda: _evaluation_batches(config))
         self._predict = jax.jit(self._predict_fn, static_argnames=("use_oracle",))
+        self._encoder_arrays: dict[str, np.ndarray] | None = None  # read by _encoder_init
 
     def reference_config(self) -> ml_collections.ConfigDict:
         return reference_config(self.config.dense_task.name)
@@ -279,23 +304,33 @@ class Stage2Task:
         if config.stage2.encoder_lr_multiplier <= 0:
             raise ValueError("stage2.encoder_lr_multiplier must be > 0, got "
                              f"{config.stage2.encoder_lr_multiplier}")
+        # big_vision slows only a pre-trained encoder (lr_mults 0.1 beside model_init); a
+        # randomly initialised one at a tenth of the rate is no setting of the reference.
+        if config.stage2.encoder_lr_multiplier != 1.0 and not config.stage2.get("encoder_init"):
+            raise ValueError(
+                f"stage2.encoder_lr_multiplier = {config.stage2.encoder_lr_multiplier} slows a "
+                "pre-trained encoder, but stage2.encoder_init is empty: set "
+                "--config.stage2.encoder_init=<ViT .npz> (docs/weights.md) or "
+                "--config.stage2.encoder_lr_multiplier=1.0")
 
     def _optimizer(self) -> optax.GradientTransformation:
-        config, steps = self.config, self.config.total_steps
-        multiplier = float(config.stage2.encoder_lr_multiplier)
-        decoder = optim.build(config.optimizer, steps)
-        if multiplier == 1.0:
-            return decoder
-        scaled = ml_collections.ConfigDict(config.optimizer.to_dict())
-        scaled.learning_rate = config.optimizer.learning_rate * multiplier
-        scaled.end_learning_rate = config.optimizer.get("end_learning_rate", 0.0) * multiplier
-        encoder = optim.build(scaled, steps)
-        return optax.multi_transform({"encoder": encoder, "decoder": decoder}, _split_encoder)
+        return stage2_optimizer(self.config.optimizer,
+                                float(self.config.stage2.encoder_lr_multiplier),
+                                self.config.total_steps)
+
+    def _encoder_init(self) -> dict[str, np.ndarray]:
+        """The encoder params read from `stage2.encoder_init` (once), or {} when it is empty."""
+        if self._encoder_arrays is None:
+            path = self.config.stage2.get("encoder_init", "")
+            self._encoder_arrays = vit_checkpoint.load_encoder(path, self.model) if path else {}
+        return self._encoder_arrays
 
     def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
         image = self.dense.context(batch)
         tokens = jnp.zeros((image.shape[0], self.model.seq_len), jnp.int32)
         params = self.model.init({"params": rng}, image, tokens, train=False)["params"]
+        if self._encoder_init():
+            params = npz_init.assign(params, self._encoder_init(), vit_checkpoint.FIELD)
         frozen = jax.tree.map(jnp.asarray, self.stage1_variables)
         return TrainState.create({"stage2": params}, {"stage2": self._optimizer()},
                                  model_state={"stage1": frozen},

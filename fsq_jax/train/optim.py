@@ -6,10 +6,16 @@ is a command-line override; `build` checks the fields and says which one is wron
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 import optax
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "lion", "adafactor")
+from fsq_jax.train import big_vision_optax
+
+# "adafactor" is optax's; "big_vision_adafactor" is UViM's (big_vision/optax.py), see
+# fsq_jax/train/big_vision_optax.py.
+OPTIMIZERS = ("adam", "adamw", "sgd", "lion", "adafactor", "big_vision_adafactor")
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -25,9 +31,18 @@ def default_config() -> ml_collections.ConfigDict:
             "b1": 0.9,
             "b2": 0.99,
             "eps": 1e-8,
-            "momentum": 0.9,  # sgd only
-            "weight_decay": 0.0,  # decoupled, for adamw / lion / sgd
+            "momentum": 0.9,  # sgd and big_vision_adafactor (0 disables)
+            "weight_decay": 0.0,  # decoupled, for adamw / lion / sgd / (big_vision_)adafactor
+            # Regex (re.fullmatch) on '/'-joined param names that weight decay applies to; ".*" =
+            # every param. big_vision decays kernels only: ".*/kernel$".
+            "weight_decay_pattern": ".*",
             "grad_clip_norm": 0.0,  # 0 disables clipping by global norm
+            # big_vision_adafactor only (defaults: big_vision/optax.py scale_by_adafactor):
+            "beta2_cap": 0.999,  # beta2_t = min(beta2_cap, 1 - (t + 1)^-beta2_exponent)
+            "beta2_exponent": 0.8,  # big_vision's decay_rate
+            "min_dim_size_to_factor": 32,  # factor a leaf's 2nd moment if 2 dims are this big
+            "clipping_threshold": 0.0,  # block-RMS update clipping; 0 disables (big_vision None)
+            "momentum_dtype": "bfloat16",  # accumulator of the momentum: bfloat16 | float32
         }
     )
 
@@ -60,6 +75,22 @@ def _check(config: ml_collections.ConfigDict, total_steps: int) -> None:
         fail("grad_clip_norm", "must be >= 0 (0 disables clipping)")
     if config.end_learning_rate < 0:
         fail("end_learning_rate", "must be >= 0")
+    try:
+        re.compile(config.weight_decay_pattern)
+    except re.error as error:
+        fail("weight_decay_pattern", f"not a regular expression ({error})")
+    if not 0.0 < config.beta2_cap <= 1.0:
+        fail("beta2_cap", "must be in (0, 1]")
+    if not config.beta2_exponent > 0:
+        fail("beta2_exponent", "must be > 0")
+    if not 0.0 <= config.momentum < 1.0:
+        fail("momentum", "must be in [0, 1)")
+    if config.min_dim_size_to_factor < 1:
+        fail("min_dim_size_to_factor", "must be >= 1")
+    if config.clipping_threshold < 0:
+        fail("clipping_threshold", "must be >= 0 (0 disables clipping)")
+    if config.momentum_dtype not in big_vision_optax.MOMENTUM_DTYPES:
+        fail("momentum_dtype", f"must be one of {', '.join(big_vision_optax.MOMENTUM_DTYPES)}")
 
 
 def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -94,6 +125,8 @@ def build(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradient
     config = full
     _check(config, total_steps)
     lr = schedule(config, total_steps)
+    mask = (None if config.weight_decay_pattern == ".*"
+            else big_vision_optax.name_mask(config.weight_decay_pattern))
     if config.name == "adam":
         tx = optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
         if config.weight_decay > 0:
@@ -102,16 +135,30 @@ def build(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradient
             )
     elif config.name == "adamw":
         tx = optax.adamw(
-            lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+            lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+            mask=mask,
         )
     elif config.name == "lion":
-        tx = optax.lion(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+        tx = optax.lion(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                        mask=mask)
     elif config.name == "adafactor":
-        tx = optax.adafactor(lr, weight_decay_rate=config.weight_decay or None)
+        tx = optax.adafactor(lr, weight_decay_rate=config.weight_decay or None,
+                             weight_decay_mask=mask)
+    elif config.name == "big_vision_adafactor":
+        peak = float(config.learning_rate)
+        tx = big_vision_optax.big_vision_adafactor(
+            learning_rate=peak, schedule=lambda count: lr(count) / peak,
+            weight_decay=float(config.weight_decay),
+            weight_decay_pattern=config.weight_decay_pattern,
+            min_dim_size_to_factor=int(config.min_dim_size_to_factor),
+            decay_rate=float(config.beta2_exponent), beta2_cap=float(config.beta2_cap),
+            clipping_threshold=float(config.clipping_threshold),
+            momentum=float(config.momentum), momentum_dtype=config.momentum_dtype,
+        )
     else:
         tx = optax.sgd(lr, momentum=config.momentum or None)
         if config.weight_decay > 0:
-            tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+            tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask), tx)
     if config.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
     return tx
