@@ -94,10 +94,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint_every = 10_000
         for opt in (generator, critic):
             opt.warmup_steps = 2_000  # MaskGIT base_config lr_warmup_steps
-        # MaskGIT uses a pretrained ResNet-50 for its perceptual loss (weight 0.1); its weights
-        # cannot be downloaded here: supply them with --config.loss.perceptual_weights=<.npz>.
+        # MaskGIT uses a pretrained ResNet-50 for its perceptual loss (weight 0.1); as in
+        # MAGVIT (videogvt configs/vqgan2d_ucf101_config.py: perceptual_loss_weight 0.1,
+        # perceptual_loss_on_logit True), the mean squared logit difference at 224x224. Its
+        # weights are never downloaded: --config.loss.perceptual_weights=<.npz>, docs/weights.md.
         config.loss.perceptual_network = "resnet50"
         config.loss.perceptual_weight = 0.1
+        config.loss.perceptual_on_logits = True
         config.loss.adversarial_weight = 0.1  # g_adversarial_loss_weight
         config.loss.r1_weight = 10.0  # grad_penalty_cost, r1
         config.loss.discriminator_start = 0  # MaskGIT's public config has no adversarial warm-up
