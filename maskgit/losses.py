@@ -3,12 +3,14 @@
 Each function is a literal translation of its equation; the stage-I task adds them with the
 weights from `config.loss`. Perceptual feature networks need pretrained weights, which are never
 downloaded: `inception` reuses the FID network of `fsq_jax.eval`, `lpips_vgg` / `resnet50` read a
-user-supplied `.npz` (PyTorch state-dict names, see `load_perceptual`).
+user-supplied `.npz` (PyTorch state-dict names, see `load_perceptual`; for ResNet-50,
+`python -m maskgit.perceptual_weights` converts torchvision's file, see docs/weights.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -19,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from fsq_jax.config_lib import require
+from fsq_jax.train import npz_init
 
 PERCEPTUAL_NETWORKS = ("none", "inception", "lpips_vgg", "resnet50")
 RECONSTRUCTION_LOSSES = ("l2", "l1")
@@ -34,6 +37,9 @@ class LossConfig:
     perceptual_network: Literal["none", "inception", "lpips_vgg", "resnet50"]
     perceptual_weights: str  # .npz path for lpips_vgg / resnet50
     perceptual_weight: float
+    # resnet50: compare the 1000 ImageNet logits (MAGVIT's configs set perceptual_loss_on_logit
+    # True) or, if False, the last [7, 7, 2048] feature map.
+    perceptual_on_logits: bool
     adversarial_weight: float  # generator's non-saturating loss weight
     discriminator_start: int  # step at which the adversarial terms switch on
     r1_weight: float  # gamma of the R1 penalty: gamma / 2 * E ||grad D(real)||^2
@@ -190,30 +196,90 @@ def _lpips_vgg_distance(params: Mapping[str, jax.Array], real: jax.Array, fake: 
     return total
 
 
-# ResNet-50 (torchvision layout); distance = squared L2 between the pooled 2048-d features.
+# ResNet-50 (torchvision layout). MAGVIT's perceptual loss (google-research/magvit,
+# videogvt/train_lib/losses.py calculate_perceptual_loss_on_pretrained and
+# pretrained_model_utils.py get_pretrained_embs): both images bilinearly resized to 224x224, then
+# l2_loss = the mean squared difference of the ResNet-50 logits (perceptual_loss_on_logit=True in
+# its configs) or of the last feature map. MAGVIT's own ResNet-50 weights are not public; ours
+# are torchvision's ImageNet weights, hence torchvision's padding and input normalisation.
 _RESNET50_BLOCKS = (3, 4, 6, 3)
+RESNET50_IMAGE_SIZE = 224  # magvit pretrained_model_utils.RESNET_IMG_SIZE
+
+
+def resnet50_shapes(with_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of `torchvision.models.resnet50().state_dict()` (no num_batches_tracked).
+
+    with_head: include the classifier `fc.weight` [1000, 2048] and `fc.bias` [1000].
+    """
+    def bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}.{n}": (channels,)
+                for n in ("weight", "bias", "running_mean", "running_var")}
+
+    shapes = {"conv1.weight": (64, 3, 7, 7), **bn("bn1", 64)}
+    in_channels = 64
+    for stage, blocks in enumerate(_RESNET50_BLOCKS):
+        width = 64 * 2**stage
+        for block in range(blocks):
+            prefix = f"layer{stage + 1}.{block}"
+            shapes[f"{prefix}.conv1.weight"] = (width, in_channels, 1, 1)
+            shapes.update(bn(f"{prefix}.bn1", width))
+            shapes[f"{prefix}.conv2.weight"] = (width, width, 3, 3)
+            shapes.update(bn(f"{prefix}.bn2", width))
+            shapes[f"{prefix}.conv3.weight"] = (4 * width, width, 1, 1)
+            shapes.update(bn(f"{prefix}.bn3", 4 * width))
+            if block == 0:
+                shapes[f"{prefix}.downsample.0.weight"] = (4 * width, in_channels, 1, 1)
+                shapes.update(bn(f"{prefix}.downsample.1", 4 * width))
+            in_channels = 4 * width
+    if with_head:
+        shapes.update({"fc.weight": (1000, 2048), "fc.bias": (1000,)})
+    return shapes
 
 
 def resnet50_keys() -> list[str]:
     """Array names expected in the ResNet-50 `.npz` (as `torchvision.models.resnet50()`)."""
-    def bn(prefix: str) -> list[str]:
-        return [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
-
-    keys = ["conv1.weight", *bn("bn1")]
-    for stage, blocks in enumerate(_RESNET50_BLOCKS):
-        for block in range(blocks):
-            prefix = f"layer{stage + 1}.{block}"
-            for i in (1, 2, 3):
-                keys += [f"{prefix}.conv{i}.weight", *bn(f"{prefix}.bn{i}")]
-            if block == 0:
-                keys += [f"{prefix}.downsample.0.weight", *bn(f"{prefix}.downsample.1")]
-    return keys
+    return list(resnet50_shapes())
 
 
-def _resnet50_features(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
+def resnet50_entries(with_head: bool = True) -> list[npz_init.Entry]:
+    """The `.npz` -> params table: same names; conv kernels [out, in, kh, kw] -> [kh, kw, in, out]
+    and the classifier [1000, 2048] -> [2048, 1000]; BatchNorm vectors as they are."""
+    def transform(shape: tuple[int, ...]):
+        if len(shape) == 4:
+            return lambda w: np.asarray(w, np.float32).transpose(2, 3, 1, 0)
+        if len(shape) == 2:
+            return lambda w: np.asarray(w, np.float32).T
+        return lambda w: np.asarray(w, np.float32)
+
+    return [npz_init.Entry(name, shape, name, transform(shape))
+            for name, shape in resnet50_shapes(with_head).items()]
+
+
+def load_resnet50(path: str, with_head: bool = True,
+                  origin: str = "loss.perceptual_weights") -> dict[str, jax.Array]:
+    """The ResNet-50 params from a torchvision-named `.npz`; CheckpointMismatchError names the first
+    missing, mis-shaped or unexpected array (BatchNorm's num_batches_tracked is ignored)."""
+    arrays = npz_init.read_npz(path, f"{origin} = {path!r}")
+    ignore = [r".*\.num_batches_tracked"] + ([] if with_head else [r"fc\..*"])
+    mapped = npz_init.map_arrays(arrays, resnet50_entries(with_head), f"{origin} = {path!r}",
+                                 ignore=ignore)
+    return {name: jnp.asarray(value) for name, value in mapped.items()}
+
+
+def resnet50_apply(params: Mapping[str, jax.Array], images: jax.Array
+                   ) -> tuple[jax.Array, jax.Array | None]:
+    """torchvision's ResNet-50 in eval mode on images in [-1, 1].
+
+    images: [B, H, W, 3], bilinearly resized to 224x224 first (as MAGVIT does).
+    Returns the last feature map [B, 7, 7, 2048] and the logits [B, 1000] (None without `fc`).
+    """
+    b = images.shape[0]
+    if images.shape[1:3] != (RESNET50_IMAGE_SIZE, RESNET50_IMAGE_SIZE):
+        images = jax.image.resize(images, (b, RESNET50_IMAGE_SIZE, RESNET50_IMAGE_SIZE, 3),
+                                  "bilinear")
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)
-    x = ((x + 1.0) / 2.0 - mean) / std
+    x = ((images + 1.0) / 2.0 - mean) / std
 
     def bn(y: jax.Array, prefix: str) -> jax.Array:
         scale = params[prefix + ".weight"] / jnp.sqrt(params[prefix + ".running_var"] + 1e-5)
@@ -234,13 +300,19 @@ def _resnet50_features(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Arr
                 x = bn(_conv(x, params[prefix + ".downsample.0.weight"], stride=stride),
                        prefix + ".downsample.1")
             x = jax.nn.relu(x + y)
-    return jnp.mean(x, axis=(1, 2))
+    if "fc.weight" not in params:
+        return x, None
+    return x, jnp.mean(x, axis=(1, 2)) @ params["fc.weight"] + params["fc.bias"]
 
 
-def _resnet50_distance(params: Mapping[str, jax.Array], real: jax.Array, fake: jax.Array
-                       ) -> jax.Array:
-    return jnp.sum(jnp.square(_resnet50_features(params, real) - _resnet50_features(params, fake)),
-                   axis=-1)
+def _resnet50_distance(params: Mapping[str, jax.Array], real: jax.Array, fake: jax.Array,
+                       on_logits: bool = True) -> jax.Array:
+    """Per-example mean squared difference of logits (or feature maps): [B]."""
+    features, logits = resnet50_apply(params, jnp.concatenate([real, fake]))
+    compared = logits if on_logits else features
+    feats_real, feats_fake = jnp.split(compared.astype(jnp.float32), 2)
+    squared = jnp.square(feats_real - feats_fake)
+    return jnp.mean(squared.reshape(squared.shape[0], -1), axis=-1)
 
 
 def _inception_network() -> tuple[PerceptualNetwork, Any]:
@@ -269,8 +341,8 @@ def load_perceptual(config: ml_collections.ConfigDict) -> tuple[PerceptualNetwor
     """The perceptual network and its frozen params named by `config` (the `loss.*` fields).
 
     Returns (None, None) for "none". For "lpips_vgg" / "resnet50", `perceptual_weights` must be an
-    `.npz` holding the PyTorch state dict (`lpips_vgg_keys()` / `resnet50_keys()` name the arrays);
-    a missing or incomplete file is a ValueError naming the field.
+    `.npz` holding the PyTorch state dict (`lpips_vgg_keys()` / `resnet50_shapes()` name the
+    arrays); a missing or incomplete file is a ValueError naming the field.
     """
     name = config.perceptual_network
     if name == "none":
@@ -286,10 +358,12 @@ def load_perceptual(config: ml_collections.ConfigDict) -> tuple[PerceptualNetwor
             "pretrained weights as a local .npz (they are never downloaded); set the path or use "
             "loss.perceptual_network = 'none'"
         )
+    if name == "resnet50":
+        on_logits = bool(config.get("perceptual_on_logits", True))
+        distance = functools.partial(_resnet50_distance, on_logits=on_logits)
+        return PerceptualNetwork(name, distance), load_resnet50(path, with_head=on_logits)
     with np.load(path) as data:
         arrays = {key: data[key] for key in data.files}
-    keys = lpips_vgg_keys() if name == "lpips_vgg" else resnet50_keys()
-    _require(arrays, keys, path, name)
-    params = _torch_to_hwio({k: arrays[k] for k in keys})
-    fn = _lpips_vgg_distance if name == "lpips_vgg" else _resnet50_distance
-    return PerceptualNetwork(name, fn), params
+    _require(arrays, lpips_vgg_keys(), path, name)
+    params = _torch_to_hwio({k: arrays[k] for k in lpips_vgg_keys()})
+    return PerceptualNetwork(name, _lpips_vgg_distance), params

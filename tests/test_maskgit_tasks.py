@@ -119,6 +119,9 @@ def test_tokenizer_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"config.loss.reconstruction = 'l3': must be one of"):
         train.validate(config)
     config = tokenizer_configs.get_config("fsq,paper")  # asks for ResNet-50 weights
+    # MAGVIT's perceptual loss: 0.1 x mean squared ResNet-50 logit difference.
+    assert (config.loss.perceptual_network, config.loss.perceptual_weight,
+            config.loss.perceptual_on_logits) == ("resnet50", 0.1, True)
     with pytest.raises(ValueError, match=r"loss.perceptual_weights"):
         tasks.TokenizerTask(config)
 

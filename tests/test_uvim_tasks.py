@@ -102,7 +102,9 @@ def test_presets(task):
     assert not module.get_config("vq,paper,nosplit").quantizer.vq.split_codes
     assert not module.get_config("fsq,tiny,nocontext").model.with_context
     paper = module.get_config("fsq,paper")
-    assert paper.optimizer.name == "adafactor" and paper.optimizer.warmup_steps == 4000
+    assert paper.optimizer.name == "big_vision_adafactor" and paper.optimizer.warmup_steps == 4000
+    assert paper.optimizer.beta2_cap == 0.95
+    assert paper.optimizer.weight_decay_pattern == ".*/kernel$"
     assert paper.data.source.startswith("tfds:")
     build_output(paper.output)  # the paper output settings are valid
     train.validate(paper)

@@ -39,6 +39,7 @@ class Stage2Config:
     dropout: float
     temperature: float  # 0 = greedy decoding at evaluation, else sampling temperature
     encoder_lr_multiplier: float  # the image encoder's learning rate x this
+    encoder_init: str  # a ViT .npz the image encoder starts from ("" = random init)
 
     def __post_init__(self):
         check_vit(self)

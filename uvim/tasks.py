@@ -9,6 +9,7 @@ usage, run with the loop's `EvalContext`) and picture grids.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -19,13 +20,13 @@ import optax
 
 from fsq_jax import codebook, quantizers
 from fsq_jax import images as image_lib
-from fsq_jax.config_lib import LoopConfig, OptimizerConfig, require
+from fsq_jax.config_lib import ConfigError, LoopConfig, OptimizerConfig, require
 from fsq_jax.eval.codebook_report import CodeCounter
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.quantizers.registry import QuantizerConfig
-from fsq_jax.train import TrainState, optim
+from fsq_jax.train import TrainState, npz_init, optim
 from fsq_jax.train.frozen import FrozenStage
-from uvim import stage1, stage2
+from uvim import stage1, stage2, vit_checkpoint
 from uvim.outputs import OutputConfig, build_output
 
 Batch = Mapping[str, jax.Array]
@@ -216,11 +217,34 @@ def _split_encoder(params: Any) -> Any:
             for k, v in params.items()}
 
 
+def stage2_optimizer(optimizer: ml_collections.ConfigDict, encoder_lr_multiplier: float,
+                     total_steps: int) -> optax.GradientTransformation:
+    """Stage II's optimiser: the encoder's learning rate times `encoder_lr_multiplier`.
+
+    As big_vision's `lr_mults` (big_vision/optax.py make), the multiplier scales the learning
+    rate (with `big_vision_adafactor`, not the weight decay) and gradients are clipped by the
+    global norm of all parameters, before the encoder/decoder split.
+    """
+    if encoder_lr_multiplier == 1.0:
+        return optim.build(optimizer, total_steps)
+    unclipped = ml_collections.ConfigDict(optimizer.to_dict())
+    unclipped.grad_clip_norm = 0.0
+    decoder = optim.build(unclipped, total_steps)
+    scaled = ml_collections.ConfigDict(unclipped.to_dict())
+    scaled.learning_rate = optimizer.learning_rate * encoder_lr_multiplier
+    scaled.end_learning_rate = optimizer.end_learning_rate * encoder_lr_multiplier
+    encoder = optim.build(scaled, total_steps)
+    split = optax.multi_transform({"encoder": encoder, "decoder": decoder}, _split_encoder)
+    clip = float(optimizer.grad_clip_norm)
+    return optax.chain(optax.clip_by_global_norm(clip), split) if clip > 0 else split
+
+
 class Stage2Task:
     """UViM stage II: predict the frozen stage-I code of the task output from the image.
 
     Parameter group "stage2"; the frozen stage-I variables ride along in
-    `model_state["stage1"]`, so checkpoints are self-contained.
+    `model_state["stage1"]`, so checkpoints are self-contained. A non-empty
+    `stage2.encoder_init` names a ViT `.npz` the encoder starts from (`uvim.vit_checkpoint`).
 
     Args:
       config: the stage-II config (`stage1_workdir` names the trained stage-I run).
@@ -249,6 +273,14 @@ class Stage2Task:
                              f"data.image_size ({config.data.image_size})")
 
     def __init__(self, config: ml_collections.ConfigDict, frozen: FrozenStage):
+        # big_vision slows only a pre-trained encoder (lr_mults 0.1 beside model_init); a
+        # randomly initialised one at a tenth of the rate is no setting of the reference.
+        if config.stage2.encoder_lr_multiplier != 1.0 and not config.stage2.encoder_init:
+            raise ConfigError(
+                f"config.stage2.encoder_lr_multiplier = {config.stage2.encoder_lr_multiplier} "
+                "slows a pre-trained encoder, but stage2.encoder_init is empty: set "
+                "--config.stage2.encoder_init=<ViT .npz> (docs/weights.md) or "
+                "--config.stage2.encoder_lr_multiplier=1.0")
         self.config = config
         self.frozen = frozen
         self.stage1_config = frozen.config
@@ -265,21 +297,22 @@ class Stage2Task:
         return self.frozen.variables("model")
 
     def _optimizer(self) -> optax.GradientTransformation:
-        config, steps = self.config, self.config.total_steps
-        multiplier = float(config.stage2.encoder_lr_multiplier)
-        decoder = optim.build(config.optimizer, steps)
-        if multiplier == 1.0:
-            return decoder
-        scaled = ml_collections.ConfigDict(config.optimizer.to_dict())
-        scaled.learning_rate = config.optimizer.learning_rate * multiplier
-        scaled.end_learning_rate = config.optimizer.end_learning_rate * multiplier
-        encoder = optim.build(scaled, steps)
-        return optax.multi_transform({"encoder": encoder, "decoder": decoder}, _split_encoder)
+        return stage2_optimizer(self.config.optimizer,
+                                float(self.config.stage2.encoder_lr_multiplier),
+                                self.config.total_steps)
+
+    @functools.cached_property
+    def _encoder_init(self) -> dict[str, np.ndarray]:
+        """The encoder params read from `stage2.encoder_init` (once), or {} when it is empty."""
+        path = self.config.stage2.encoder_init
+        return vit_checkpoint.load_encoder(path, self.model) if path else {}
 
     def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
         image = self.output.context(batch)
         tokens = jax.numpy.zeros((image.shape[0], self.model.seq_len), jax.numpy.int32)
         params = self.model.init({"params": rng}, image, tokens, train=False)["params"]
+        if self._encoder_init:
+            params = npz_init.assign(params, self._encoder_init, vit_checkpoint.FIELD)
         frozen = jax.tree.map(jax.numpy.asarray, self.stage1_variables)
         return TrainState.create({"stage2": params}, {"stage2": self._optimizer()},
                                  model_state={"stage1": frozen},

@@ -27,10 +27,13 @@ def _paper(config: ml_collections.ConfigDict) -> None:
     config.checkpoint_every = 10_000
     for opt in config.optimizers.values():
         opt.warmup_steps = 2_000  # MaskGIT base_config lr_warmup_steps
-    # MaskGIT uses a pretrained ResNet-50 for its perceptual loss (weight 0.1); its weights
-    # cannot be downloaded here: supply them with --config.loss.perceptual_weights=<.npz>.
+    # MaskGIT uses a pretrained ResNet-50 for its perceptual loss (weight 0.1); as in
+    # MAGVIT (videogvt configs/vqgan2d_ucf101_config.py: perceptual_loss_weight 0.1,
+    # perceptual_loss_on_logit True), the mean squared logit difference at 224x224. Its
+    # weights are never downloaded: --config.loss.perceptual_weights=<.npz>, docs/weights.md.
     config.loss.perceptual_network = "resnet50"
     config.loss.perceptual_weight = 0.1
+    config.loss.perceptual_on_logits = True
     config.loss.adversarial_weight = 0.1  # g_adversarial_loss_weight
     config.loss.r1_weight = 10.0  # grad_penalty_cost, r1
     config.loss.discriminator_start = 0  # MaskGIT's public config has no adversarial warm-up
@@ -84,7 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "leaky_slope": 0.2})
     config.loss = ml_collections.ConfigDict({
         "reconstruction": "l2", "reconstruction_weight": 1.0, "perceptual_network": "none",
-        "perceptual_weights": "", "perceptual_weight": 0.1, "adversarial_weight": 0.1,
+        "perceptual_weights": "", "perceptual_weight": 0.1, "perceptual_on_logits": True,
+        "adversarial_weight": 0.1,
         "discriminator_start": 0, "r1_weight": 10.0, "lecam_weight": 0.0,
         "lecam_ema_decay": 0.999, "quantizer_weight": 1.0})
     # MaskGIT vqgan_config: Adam(b1=0, b2=0.99), lr 1e-4 for both, constant after warm-up.

@@ -31,10 +31,21 @@ def _stage(*, optimizer: dict, total_steps: int, batch_size: int, eval_batch_siz
 def _paper_stage(*, learning_rate: float, weight_decay: float, total_steps: int,
                  batch_size: int, eval_every: int, grad_clip_norm: float = 0.0,
                  evaluator_batches: int = 3) -> dict:
-    """One stage of a big_vision UViM config: adafactor, cosine schedule with 4k warm-up."""
-    return _stage(optimizer={"name": "adafactor", "learning_rate": learning_rate,
-                             "weight_decay": weight_decay, "schedule": "cosine",
-                             "warmup_steps": 4_000, "grad_clip_norm": grad_clip_norm},
+    """One stage of a big_vision UViM config: its adafactor, cosine schedule with 4k warm-up.
+
+    big_vision configs/proj/uvim/*.py: optax_name "big_vision.scale_by_adafactor" with
+    optax=dict(beta2_cap=0.95), clipping_threshold None, the rest at scale_by_adafactor's
+    defaults (big_vision/optax.py: min_dim_size_to_factor 32, decay_rate 0.8, momentum 0.9 in
+    bfloat16); wd on kernels only (optax.py make: wd_mults default (".*/kernel$", 1.0)), scaled
+    by the schedule, not by lr; schedule dict(decay_type="cosine", warmup_steps=4_000).
+    """
+    return _stage(optimizer={"name": "big_vision_adafactor", "learning_rate": learning_rate,
+                             "weight_decay": weight_decay, "weight_decay_pattern": ".*/kernel$",
+                             "beta2_cap": 0.95, "beta2_exponent": 0.8,
+                             "min_dim_size_to_factor": 32, "clipping_threshold": 0.0,
+                             "momentum": 0.9, "momentum_dtype": "bfloat16",
+                             "schedule": "cosine", "warmup_steps": 4_000,
+                             "grad_clip_norm": grad_clip_norm},
                   total_steps=total_steps, batch_size=batch_size, eval_batch_size=256,
                   eval_every=eval_every, images_every=2_000, checkpoint_every=1_000,
                   eval_steps=8, evaluator_batches=evaluator_batches)
@@ -82,11 +93,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "mlp_dim": 3072, "num_heads": 12, "dropout": 0.0, "code_len": 256,
         "with_context": not arg.nocontext, "code_dropout": "random"})
     # UViM's stage II (big_vision train_*_pretrained.py): the "large" VTT, 24 + 24 layers at
-    # width 1024; lr_mults 0.1 on the (ImageNet-21k pre-trained) image encoder.
+    # width 1024. Its encoder starts from ViT-L/16 on ImageNet-21k (model_init = {"encoder":
+    # "howto-i21k-L/16"}) and trains at lr_mults 0.1. The file is the user's to supply
+    # (docs/weights.md): --config.stage2.encoder_init=<ViT-L/16 .npz>; without it the 0.1
+    # multiplier is refused at start-up (set it to 1.0 to train the encoder from scratch).
     config.stage2 = ml_collections.ConfigDict({
         "input_size": 512, "patch_size": 16, "width": 1024, "enc_depth": 24, "dec_depth": 24,
         "mlp_dim": 4096, "num_heads": 16, "dropout": 0.0, "temperature": 0.0,
-        "encoder_lr_multiplier": 0.1})
+        "encoder_lr_multiplier": 0.1, "encoder_init": ""})
     # FSQ paper Table 2: FSQ [7,5,5,5,5] = 4375 codes against UViM's 4096-code VQ (paper);
     # tiny: [8,5,5,5] / 1024 codes, so the tiny runs can fill the codebook in minutes. UViM's
     # VQ (big_vision models/proj/uvim/vit.py): codewords of dim 768, EMA dictionary learning

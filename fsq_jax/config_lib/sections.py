@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Literal
 
 import ml_collections
 
-from fsq_jax.config_lib.schema import defaults, require
+from fsq_jax.config_lib.schema import FieldError, defaults, require
 
 NanPolicy = Literal["stop", "skip"]
 CropMode = Literal["center", "random", "resize"]
 OnCorrupt = Literal["fail", "skip"]
-OptimizerName = Literal["adam", "adamw", "sgd", "lion", "adafactor"]
+# "adafactor" is optax's; "big_vision_adafactor" is UViM's (big_vision/optax.py), see
+# fsq_jax/train/big_vision_optax.py.
+OptimizerName = Literal["adam", "adamw", "sgd", "lion", "adafactor", "big_vision_adafactor"]
 ScheduleName = Literal["constant", "cosine", "linear"]
 
 
@@ -77,9 +80,18 @@ class OptimizerConfig:
     b1: float = 0.9
     b2: float = 0.99
     eps: float = 1e-8
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0  # decoupled, for adamw / lion / sgd; adafactor's decay rate
+    momentum: float = 0.9  # sgd and big_vision_adafactor (0 disables)
+    weight_decay: float = 0.0  # decoupled, for adamw / lion / sgd / (big_vision_)adafactor
+    # Regex (re.fullmatch) on '/'-joined param names that weight decay applies to; ".*" = every
+    # param. big_vision decays kernels only: ".*/kernel$".
+    weight_decay_pattern: str = ".*"
     grad_clip_norm: float = 0.0  # 0 disables clipping by global norm
+    # big_vision_adafactor only (defaults: big_vision/optax.py scale_by_adafactor):
+    beta2_cap: float = 0.999  # beta2_t = min(beta2_cap, 1 - (t + 1)^-beta2_exponent)
+    beta2_exponent: float = 0.8  # big_vision's decay_rate
+    min_dim_size_to_factor: int = 32  # factor a leaf's 2nd moment if 2 dims are this big
+    clipping_threshold: float = 0.0  # block-RMS update clipping; 0 disables (big_vision None)
+    momentum_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # the momentum's accumulator
 
     def __post_init__(self):
         require(self.learning_rate > 0, "learning_rate", "must be > 0")
@@ -92,6 +104,17 @@ class OptimizerConfig:
         require(self.name != "adam" or self.weight_decay == 0, "weight_decay",
                 "needs name='adamw' (decoupled decay) instead of 'adam'")
         require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 disables it)")
+        require(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        try:
+            re.compile(self.weight_decay_pattern)
+        except re.error as error:
+            raise FieldError("weight_decay_pattern", f"not a regular expression ({error})"
+                             ) from None
+        require(0.0 < self.beta2_cap <= 1.0, "beta2_cap", "must be in (0, 1]")
+        require(self.beta2_exponent > 0, "beta2_exponent", "must be > 0")
+        require(self.min_dim_size_to_factor >= 1, "min_dim_size_to_factor", "must be >= 1")
+        require(self.clipping_threshold >= 0, "clipping_threshold",
+                "must be >= 0 (0 disables clipping)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

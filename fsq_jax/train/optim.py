@@ -2,7 +2,8 @@
 
 Every task names its optimiser(s) in config (`fsq_jax.config_lib.OptimizerConfig` lists the
 fields, their defaults and their checks), so switching Adam for Lion or cosine for linear decay is
-a command-line override.
+a command-line override. "adafactor" is optax's; "big_vision_adafactor" is UViM's
+(fsq_jax/train/big_vision_optax.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import optax
+
+from fsq_jax.train import big_vision_optax
 
 
 def warmup_steps(config: Any, total_steps: int) -> int:
@@ -44,19 +47,33 @@ def build(config: Any, total_steps: int) -> optax.GradientTransformation:
       total_steps: training length, the horizon of decaying schedules.
     """
     lr = schedule(config, total_steps)
+    mask = (None if config.weight_decay_pattern == ".*"
+            else big_vision_optax.name_mask(config.weight_decay_pattern))
     if config.name == "adam":
         tx = optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
     elif config.name == "adamw":
         tx = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
-                         weight_decay=config.weight_decay)
+                         weight_decay=config.weight_decay, mask=mask)
     elif config.name == "lion":
-        tx = optax.lion(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+        tx = optax.lion(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                        mask=mask)
     elif config.name == "adafactor":
-        tx = optax.adafactor(lr, weight_decay_rate=config.weight_decay or None)
+        tx = optax.adafactor(lr, weight_decay_rate=config.weight_decay or None,
+                             weight_decay_mask=mask)
+    elif config.name == "big_vision_adafactor":
+        peak = float(config.learning_rate)
+        tx = big_vision_optax.big_vision_adafactor(
+            learning_rate=peak, schedule=lambda count: lr(count) / peak,
+            weight_decay=float(config.weight_decay),
+            weight_decay_pattern=config.weight_decay_pattern,
+            min_dim_size_to_factor=int(config.min_dim_size_to_factor),
+            decay_rate=float(config.beta2_exponent), beta2_cap=float(config.beta2_cap),
+            clipping_threshold=float(config.clipping_threshold),
+            momentum=float(config.momentum), momentum_dtype=config.momentum_dtype)
     elif config.name == "sgd":
         tx = optax.sgd(lr, momentum=config.momentum or None)
         if config.weight_decay > 0:
-            tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+            tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask), tx)
     else:
         raise ValueError(f"optimizer.name = {config.name!r}: not an optimiser of this module")
     if config.grad_clip_norm > 0:
