@@ -1,8 +1,10 @@
 """Samples class-conditional images from a trained MaskGIT transformer workdir.
 
-Writes `<out>/samples_grid.png` (one row per class) and `<out>/samples.npz` (`images` uint8
-[N, H, W, 3], `labels` int32 [N], class-balanced) for FID. The frozen tokenizer's weights come from
-the transformer checkpoint; its architecture from `tokenizer_workdir/config.json`.
+Writes `<out>/samples_grid.png` (one row per class) and `<out>/samples.npz` in ADM format
+(`arr_0` uint8 [N, H, W, 3] images, `arr_1` int32 [N] class-balanced labels, as guided-diffusion's
+image_sample.py), streamed to disk batch by batch; score it with
+`python -m fsq_jax.eval.adm REFERENCE.npz <out>/samples.npz`. The frozen tokenizer's weights come
+from the transformer checkpoint; its architecture from `tokenizer_workdir/config.json`.
 
   python scripts/sample.py --workdir runs/maskgit/fsq_tiny/transformer --num_images 1000
 """
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     from PIL import Image
 
+    from fsq_jax.eval.adm_npz import LABELS_KEY, NpzImageWriter
     from fsq_jax.train import restore_latest
     from fsq_jax.train.loop import _read_config
     from maskgit import tasks
@@ -67,22 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     grid = tasks.image_grid(grid_images, rows=classes)
     Image.fromarray(grid).save(os.path.join(out, "samples_grid.png"))
 
-    images, labels = [], []
+    labels = [np.zeros((0,), np.int32)]
     start = time.perf_counter()
     batches = tasks.iterate_labels(args.num_images, task.num_classes, args.batch_size)
-    for index, batch_labels in enumerate(batches):
-        images.append(sample(batch_labels, jax.random.fold_in(rng, index + 1)))
-        labels.append(batch_labels)
+    with NpzImageWriter(os.path.join(out, "samples.npz"), args.num_images,
+                        grid_images.shape[1:]) as writer:
+        for index, batch_labels in enumerate(batches):
+            writer.write(np.asarray(sample(batch_labels, jax.random.fold_in(rng, index + 1))))
+            labels.append(batch_labels)
+        writer.extras[LABELS_KEY] = np.concatenate(labels)
     elapsed = time.perf_counter() - start
-    if images:
-        images_array, labels_array = np.concatenate(images), np.concatenate(labels)
-    else:
-        images_array = np.zeros((0, *grid_images.shape[1:]), np.uint8)
-        labels_array = np.zeros((0,), np.int32)
-    np.savez(os.path.join(out, "samples.npz"), images=images_array, labels=labels_array)
-    rate = f", {len(images_array) / elapsed:.1f} images/s" if len(images_array) else ""
+    rate = f", {args.num_images / elapsed:.1f} images/s" if args.num_images else ""
     print(f"wrote {out}/samples_grid.png ({classes} classes x {args.per_class}) and "
-          f"{out}/samples.npz ({len(images_array)} images{rate})")
+          f"{out}/samples.npz ({args.num_images} images{rate})")
     return 0
 
 

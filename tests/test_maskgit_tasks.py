@@ -203,6 +203,7 @@ def test_both_stages_on_the_loop_and_sample_cli(tmp_path):
     classes = tasks.num_classes(config2)
     grid = np.asarray(Image.open(out / "samples_grid.png"))
     assert grid.shape == (classes * 32, 2 * 32, 3)
-    with np.load(out / "samples.npz") as data:
-        assert data["images"].shape == (12, 32, 32, 3) and data["images"].dtype == np.uint8
-        np.testing.assert_array_equal(data["labels"], np.arange(12) % classes)
+    with np.load(out / "samples.npz") as data:  # ADM format: arr_0 images, arr_1 labels
+        assert sorted(data.files) == ["arr_0", "arr_1"]
+        assert data["arr_0"].shape == (12, 32, 32, 3) and data["arr_0"].dtype == np.uint8
+        np.testing.assert_array_equal(data["arr_1"], np.arange(12) % classes)
