@@ -399,3 +399,7 @@ class VQ(nn.Module):
         if self.check_indices:
             check_index_range(indices, self.codebook_size)
         return jnp.take(self.get_codebook(), indices.astype(jnp.int32), axis=0)
+
+    def indices_to_quantized(self, indices: jax.Array) -> jax.Array:
+        """int indices [...] -> the float32 vectors [..., dim] a decoder takes (here the codes)."""
+        return self.indices_to_codes(indices)
