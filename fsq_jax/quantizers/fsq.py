@@ -265,11 +265,12 @@ def level_scale_ratio(levels: Sequence[int]) -> np.ndarray:
 
     An FSQ stage rounds `tanh(x) * (L - 1) / 2` (approximately), so its decision boundaries lie
     about `2 / (L - 1)` apart in its input and it leaves a residual within `1 / (L - 1)` of its
-    scale: `(L - 1) ** -k` (lucidrains/vector-quantize-pytorch, `residual_fsq.py` before it moved
+    scale: `(L - 1) ** -k` (lucidrains/vector-quantize-pytorch, `residual_fsq.py` until it moved
     to a symmetric grid with `L ** -k`) makes the next stage's grid span exactly that. For L = 2
-    that ratio is 1 and later stages never refine: a level-2 stage has the codes {-1, 0} (the
-    paper's grid), one step of its whole scale, so the next stage takes half of it. Either way the
-    next scale is strictly smaller than the previous stage's step `s_k / (L // 2)`.
+    that ratio is 1, so later stages repeat the first one's scale and never refine: a level-2
+    stage has the codes {-1, 0} (the paper's grid), a single step as large as its scale, and the
+    next stage takes half of it. For every L the next scale is then strictly smaller than the
+    previous stage's grid step `s_k / (L // 2)`.
     """
     levels = np.asarray(validate_levels(levels), np.float64)
     return 1.0 / np.maximum(levels - 1.0, 2.0)
