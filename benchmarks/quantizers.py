@@ -73,13 +73,15 @@ def best_seconds(*fns: Callable[[], object], repeats: int, min_time: float) -> l
     """Best per-call time of each function over `repeats` interleaved timing rounds.
 
     Rounds alternate between the functions, so on a shared machine each sees the same spells of
-    contention, and the best round is the least disturbed one.
+    contention, and the best round is the least disturbed one. The order rotates from one repeat
+    to the next, so no function always runs first after the others.
     """
     calls = [_calibrate(fn, min_time) for fn in fns]
     best = [math.inf] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], _round(fn, calls[i]))
+    for repeat in range(repeats):
+        for offset in range(len(fns)):
+            i = (repeat + offset) % len(fns)
+            best[i] = min(best[i], _round(fns[i], calls[i]))
     return best
 
 
