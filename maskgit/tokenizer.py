@@ -186,7 +186,7 @@ class Tokenizer(nn.Module):
 
     def decode_tokens(self, tokens: jax.Array) -> jax.Array:
         """tokens: int32 [batch, h, w] -> images [batch, H, W, 3] (float32, ~[-1, 1])."""
-        return self.decode(self.quantizer.indices_to_codes(tokens))
+        return self.decode(self.quantizer.indices_to_quantized(tokens))
 
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
         """images: [batch, H, W, 3] in [-1, 1] -> (reconstruction, QuantizerOutput)."""

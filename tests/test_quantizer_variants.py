@@ -45,31 +45,79 @@ def test_residual_stages_resolve_finer_residuals():
     assert errors[1] < 0.5 * errors[0] and errors[2] < 0.6 * errors[1], errors
 
 
+@pytest.mark.parametrize("levels", [(2, 2), (3, 3), (8, 5, 5, 5), (8, 8, 8, 6, 5), (2, 3, 4, 8)])
+def test_residual_error_strictly_falls_with_every_doubling_of_stages(levels):
+    z = jax.random.normal(KEY, (4096, len(levels)))
+    errors = []
+    for num_stages in (1, 2, 4, 8):
+        out = jax.jit(ResidualFSQ(levels=levels, num_stages=num_stages).apply)({}, z)
+        errors.append(float(jnp.mean(jnp.abs(out.quantized - z))))
+    # Strictly, and by more than float noise: a stage that never refines leaves the error as is.
+    assert all(b < a * (1 - 1e-3) for a, b in itertools.pairwise(errors)), errors
+
+
+def test_residual_stage_scale_is_below_the_previous_step_for_every_level():
+    for level in range(2, 65):
+        scales = ResidualFSQ(levels=(level,), num_stages=3).stage_scales()[:, 0].astype(np.float64)
+        steps = scales / (level // 2)  # one grid step of each stage
+        assert np.all(scales[1:] < steps[:-1]), (level, scales, steps)
+        # Level 2 halves its scale each stage; L >= 3 follows (L - 1) ** -k.
+        np.testing.assert_allclose(scales, max(level - 1, 2) ** -np.arange(3.0), rtol=1e-7)
+
+
+def test_residual_indices_codes_round_trip():
+    levels = (5, 4, 3, 2)
+    residual = ResidualFSQ(levels=levels, num_stages=3)
+    size = residual.codebook_size
+    # indices -> codes -> indices is the identity on every per-stage index.
+    every = jnp.arange(size)
+    indices = jnp.stack([every, (every * 7) % size, size - 1 - every], axis=-1)
+    codes = jax.jit(residual.indices_to_codes)(indices)
+    assert codes.shape == (size, 3, 4) and codes.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(jax.jit(residual.codes_to_indices)(codes)), indices)
+    # codes -> indices -> codes is the identity on grid points (each stage a code of the FSQ grid).
+    grid = np.asarray(FSQ(levels=levels).indices_to_codes(jnp.arange(size)))
+    picks = np.asarray(jax.random.randint(KEY, (50, 2, 3), 0, size))
+    grid_codes = jnp.asarray(grid[picks])  # [50, 2, 3 stages, 4]
+    np.testing.assert_array_equal(
+        np.asarray(residual.indices_to_codes(residual.codes_to_indices(grid_codes))), grid_codes
+    )
+
+
 def test_residual_codes_indices_round_trip_and_gradient():
-    residual = ResidualFSQ(levels=(5, 4, 3), num_stages=2, check_indices=True)
-    z = jax.random.normal(KEY, (6, 7, 3)) * 0.7
-    unchecked = ResidualFSQ(levels=(5, 4, 3), num_stages=2)
+    residual = ResidualFSQ(levels=(5, 4, 3, 2), num_stages=4, check_indices=True)
+    z = jax.random.normal(KEY, (6, 7, 4)) * 0.7
+    unchecked = ResidualFSQ(levels=(5, 4, 3, 2), num_stages=4)
 
     @jax.jit
     def run(z):
         out = unchecked.apply({}, z)
-        per_stage = FSQ(levels=(5, 4, 3)).indices_to_codes(out.indices)  # [..., stages, d]
         grad = jax.grad(lambda z: jnp.sum(unchecked.apply({}, z).quantized))(z)
+        codes = unchecked.indices_to_codes(out.indices)
         return (
             out,
-            unchecked.indices_to_codes(out.indices),
-            unchecked.codes_to_indices(per_stage),
+            codes,
+            unchecked.codes_to_indices(codes),
+            unchecked.indices_to_quantized(out.indices),
             grad,
         )
 
-    out, codes, indices, grad = run(z)
-    np.testing.assert_array_equal(np.asarray(codes), np.asarray(out.quantized))
+    out, codes, indices, quantized, grad = run(z)
+    per_stage = FSQ(levels=(5, 4, 3, 2)).indices_to_codes(out.indices)  # [..., stages, d]
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(per_stage))
     np.testing.assert_array_equal(np.asarray(indices), np.asarray(out.indices))
+    # The decoder's vector is bitwise the forward pass's output, stage by stage.
+    np.testing.assert_array_equal(np.asarray(quantized), np.asarray(out.quantized))
+    np.testing.assert_array_equal(
+        np.asarray(quantized),
+        np.asarray(sum(per_stage[..., k, :] * unchecked.stage_scales()[k] for k in range(4))),
+    )
     assert bool(jnp.all(grad > 0))
-    with pytest.raises(ValueError, match="num_stages=2"):
-        residual.indices_to_codes(jnp.zeros((4, 3), jnp.int32))
-    with pytest.raises(ValueError, match="out of range"):
-        residual.indices_to_codes(jnp.array([[0, 60]]))
+    for method in (residual.indices_to_codes, residual.indices_to_quantized):
+        with pytest.raises(ValueError, match="num_stages=4"):
+            method(jnp.zeros((4, 3), jnp.int32))
+        with pytest.raises(ValueError, match="out of range"):
+            method(jnp.array([[0, 120, 0, 0]]))
 
 
 def test_residual_bad_values():
@@ -190,6 +238,29 @@ def test_config_fields_are_the_module_fields(name):
     fields = quantizers.default_config(name)
     for key, value in fields.items():
         assert getattr(module, key) == value
+
+
+@pytest.mark.parametrize("name", quantizers.NAMES)
+def test_indices_to_quantized_is_the_forward_output_and_codes_round_trip(name):
+    config = quantizers.config(name)
+    module = quantizers.build(config)
+    z = jax.random.normal(KEY, (3, 5, quantizers.code_dim(config)))
+    variables = jax.jit(module.init)({"params": KEY, quantizers.RNG_STREAM: KEY}, z)
+
+    @jax.jit
+    def run(variables, z):
+        out = module.apply(variables, z)
+        codes = module.apply(variables, out.indices, method=module.indices_to_codes)
+        return (
+            out,
+            module.apply(variables, out.indices, method=module.indices_to_quantized),
+            module.apply(variables, codes, method=module.codes_to_indices),
+        )
+
+    out, quantized, indices = run(variables, z)
+    # What a decoder gets from the tokens is exactly what it got from the forward pass.
+    np.testing.assert_array_equal(np.asarray(quantized), np.asarray(out.quantized))
+    np.testing.assert_array_equal(np.asarray(indices), np.asarray(out.indices))
 
 
 def test_code_dim_values():

@@ -74,6 +74,37 @@ def test_nearest_code_matches_brute_force(use_ema):
     np.testing.assert_allclose(np.asarray(distances), brute, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("size", [1, 2, 7, 1024])
+def test_first_argmin_is_argmin(size):
+    # Small integers make ties common: the first minimum must win, as with argmin.
+    ties = jax.random.randint(jax.random.PRNGKey(size), (300, size), -3, 4).astype(jnp.float32)
+    spread = jax.random.normal(jax.random.PRNGKey(size + 1), (300, size)) * 1e3
+    signed_zeros = jnp.array([[0.0, -0.0, 0.0], [-0.0, 0.0, 1.0]])[:, :size]
+    for values in (ties, spread, jnp.concatenate([ties, -ties]), signed_zeros):
+        fast = jax.jit(vq_lib.first_argmin)(values)
+        assert fast.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(fast), np.asarray(jnp.argmin(values, axis=-1)))
+
+
+def test_nearest_code_is_argmin_of_the_distances():
+    """The fast argmin picks exactly what argmin over the same distance matrix picks."""
+    z = jax.random.normal(jax.random.PRNGKey(5), (4096, 32))
+    codebook = jax.random.normal(jax.random.PRNGKey(6), (512, 32)) * 0.3
+    codebook = codebook.at[7].set(codebook[3])  # a duplicated code: the lower index must win
+    z = z.at[:8].set(codebook[3])
+
+    @jax.jit
+    def both(z, codebook):
+        e_sq = jnp.sum(codebook * codebook, axis=-1)
+        cross = jnp.matmul(z, codebook.T, precision=jax.lax.Precision.HIGHEST)
+        argmin = jnp.argmin(e_sq[None, :] - 2.0 * cross, axis=-1).astype(jnp.int32)
+        return vq_lib.nearest_code(z, codebook), argmin
+
+    fast, argmin = both(z, codebook)
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(argmin))
+    assert not np.any(np.asarray(fast) == 7) and np.all(np.asarray(fast)[:8] == 3)
+
+
 def test_cosine_codes_match_brute_force():
     vq = _vq(codebook_size=32, dim=6, l2_normalize=True)
     z = jax.random.normal(jax.random.PRNGKey(3), (50, 6)) * 3

@@ -150,7 +150,7 @@ class Stage1Model(nn.Module):
 
     def decode_indices(self, indices: jax.Array, context: jax.Array | None) -> dict[str, jax.Array]:
         """Token indices [B, code_len] (e.g. predicted by stage II) -> output logits."""
-        codes = self.quantizer.indices_to_codes(indices)
+        codes = self.quantizer.indices_to_quantized(indices)
         return self.decode(codes, context, train=False)
 
     def __call__(self, targets: dict[str, jax.Array], context: jax.Array | None, *,

@@ -155,3 +155,7 @@ class LFQ(nn.Module):
             check_index_range(indices, self.codebook_size)
         bits = (indices.astype(jnp.int32)[..., None] >> np.arange(self.dim, dtype=np.int32)) & 1
         return bits.astype(jnp.float32) * 2.0 - 1.0
+
+    def indices_to_quantized(self, indices: jax.Array) -> jax.Array:
+        """int indices [...] -> the float32 vectors [..., dim] a decoder takes (here the codes)."""
+        return self.indices_to_codes(indices)
