@@ -1,7 +1,9 @@
-"""Evaluates the latest checkpoint of a workdir and writes `workdir/results.json`.
+"""Evaluates the latest checkpoint of a workdir and writes `workdir/evaluation.json`.
 
 `scripts/evaluate.py --config configs/….py:args --workdir DIR` runs the task's eval step over
-`eval_steps` validation batches and its evaluators (FID, PQ, codebook usage, ...).
+`eval_steps` validation batches and its evaluators (FID, PQ, codebook usage, ...). It only reads
+the workdir otherwise (safe beside a live training run): checkpoints are never moved and the
+training run's `results.json` is left as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def main(argv: list[str]) -> None:
         sys.exit(f"config error: {e}")
     except (FileNotFoundError, train.CheckpointError) as e:
         sys.exit(f"evaluation failed: {e}")
+    except Exception as e:  # disk full / permission denied: one line with the path
+        line = train.error_line(e)
+        if line is None:
+            raise
+        sys.exit(f"evaluation failed: {line}")
     print(json.dumps(results, indent=2, sort_keys=True))
 
 

@@ -27,8 +27,15 @@ def main(argv: list[str]) -> None:
         sys.exit(f"training stopped: {e}")
     except train.CheckpointError as e:
         sys.exit(f"cannot resume: {e}")
+    except train.WorkdirError as e:  # workdir held by another run, checkpoint not saved
+        sys.exit(str(e))
     except (FileNotFoundError, data.DataError) as e:  # e.g. a TFDS dataset not built
         sys.exit(f"data error: {e}")
+    except Exception as e:  # disk full / permission denied anywhere: one line with the path
+        line = train.error_line(e)
+        if line is None:
+            raise
+        sys.exit(line)
     if results["preempted"]:
         logging.warning(
             "stopped early at step %d; rerun the same command to resume", results["step"]

@@ -5,7 +5,12 @@ jit, EMA, checkpoints, metrics, progress, evaluation, preemption and the NaN gua
 """
 
 from fsq_jax.train import optim, sharding
-from fsq_jax.train.checkpoint import Checkpointer, CheckpointError
+from fsq_jax.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointReader,
+    CheckpointSaveError,
+)
 from fsq_jax.train.config import default_config
 from fsq_jax.train.config_check import ConfigError, validate_config
 from fsq_jax.train.loop import (
@@ -18,17 +23,24 @@ from fsq_jax.train.loop import (
 )
 from fsq_jax.train.state import TrainState
 from fsq_jax.train.task import Batch, Evaluator, Task
+from fsq_jax.train.workdir import WorkdirError, WorkdirLock, WorkdirLockedError, error_line
 
 __all__ = [
     "Batch",
     "CheckpointError",
+    "CheckpointReader",
+    "CheckpointSaveError",
     "Checkpointer",
     "ConfigError",
     "Evaluator",
     "NonFiniteError",
     "Task",
     "TrainState",
+    "WorkdirError",
+    "WorkdirLock",
+    "WorkdirLockedError",
     "default_config",
+    "error_line",
     "evaluate",
     "load_task",
     "optim",

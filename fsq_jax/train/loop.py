@@ -24,14 +24,16 @@ import numpy as np
 from absl import logging
 
 from fsq_jax.train import sharding as sharding_lib
-from fsq_jax.train.checkpoint import Checkpointer, state_to_tree, tree_to_state
+from fsq_jax.train.checkpoint import Checkpointer, CheckpointReader, state_to_tree, tree_to_state
 from fsq_jax.train.config_check import ConfigError, validate_config
 from fsq_jax.train.progress import Progress, format_duration
 from fsq_jax.train.state import TrainState
+from fsq_jax.train.workdir import WorkdirLock
 
 DataFn = Callable[..., Iterator[Mapping[str, np.ndarray]]]
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+EVALUATION_FILE = "evaluation.json"  # written by `evaluate`, which leaves results.json alone
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -341,6 +343,8 @@ def train_and_evaluate(
       NonFiniteError: NaN/Inf with `nan_policy="stop"`.
       CheckpointError: checkpoints exist but none is readable, or they hold another config's
         state.
+      WorkdirLockedError: another training run holds `workdir`.
+      CheckpointSaveError: a checkpoint could not be written (disk full, permission denied).
 
     SIGTERM/SIGINT end the run early: the current step finishes, a checkpoint is written and
     the result has `preempted=True` (rerun the same command to resume).
@@ -352,13 +356,12 @@ def train_and_evaluate(
         data_fn = getattr(task, "data_fn", None) or _default_data_fn()
     is_chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    if is_chief:
-        _write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
 
     root_rng = jax.random.PRNGKey(config.seed)
     init_rng, train_rng, eval_rng, image_rng = jax.random.split(root_rng, 4)
     checkpointer = Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR), config.keep_checkpoints, config.async_checkpoints
+        os.path.join(workdir, CHECKPOINT_DIR), config.keep_checkpoints, config.async_checkpoints,
+        lock=WorkdirLock(workdir),  # one run per workdir; a second is refused in one line
     )
     # SIGTERM/SIGINT from here on: finish the current step, checkpoint, return normally.
     stop = _StopSignal().__enter__()
@@ -371,6 +374,9 @@ def train_and_evaluate(
         )
         abstract, state_sharding = _abstract_state(task, init_rng, init_batch, mesh, config.fsdp)
         restored = checkpointer.restore_latest(target=abstract)
+        if is_chief:  # only once the run is accepted: the workdir's checkpoints fit it
+            _write_json(os.path.join(workdir, CONFIG_FILE),
+                        json.loads(config.to_json_best_effort()))
         if restored is None:
             start_step = 0
             # Initialise as a plain dict and reuse the optimisers of `abstract`, so every later
@@ -585,9 +591,7 @@ def restore_latest(workdir: str, target: Any = None) -> tuple[ml_collections.Con
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}")
-    checkpointer = Checkpointer(
-        directory, keep=max(int(config.get("keep_checkpoints", 1)), 1), async_save=False
-    )
+    checkpointer = CheckpointReader(directory)  # never moves or deletes anything
     try:
         restored = checkpointer.restore_latest(target=target)
     finally:
@@ -605,7 +609,7 @@ def evaluate(
     data_fn: DataFn | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
-    """Restores the latest checkpoint of `workdir`, evaluates it, writes `results.json`.
+    """Restores the latest checkpoint of `workdir`, evaluates it, writes `evaluation.json`.
 
     Runs `task.eval_step` over `config.eval_steps` validation batches and the task's
     evaluators; returns `{"step", "eval", "evaluators"}`.
@@ -620,9 +624,7 @@ def evaluate(
         next(_data_iterator(data_fn, config, "validation", config.eval_batch_size, mesh, 0)), mesh
     )
     abstract, state_sharding = _abstract_state(task, init_rng, batch, mesh, config.fsdp)
-    checkpointer = Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR), config.keep_checkpoints, async_save=False
-    )
+    checkpointer = CheckpointReader(os.path.join(workdir, CHECKPOINT_DIR))  # read-only
     try:
         restored = checkpointer.restore_latest(target=abstract)
     finally:
@@ -640,5 +642,5 @@ def evaluate(
         "evaluators": _run_evaluators(task, state),
     }
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, RESULTS_FILE), results)
+        _write_json(os.path.join(workdir, EVALUATION_FILE), results)
     return results
