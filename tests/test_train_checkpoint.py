@@ -162,6 +162,11 @@ def test_state_of_another_config_is_an_error_not_corruption(tmp_path):
     with pytest.raises(CheckpointError, match=r"step 1 .* does not fit this run's state"):
         Checkpointer(str(tmp_path)).restore_latest(target=other)
     assert Checkpointer(str(tmp_path)).all_steps() == [1]  # nothing moved aside
+    (tmp_path / "1" / "fsq_manifest.json").unlink()  # an unverifiable step: the same verdict
+    with pytest.raises(CheckpointError, match=r"step 1: no integrity record, and it does not "
+                                              r"fit this run's state .* Use a new workdir"):
+        Checkpointer(str(tmp_path)).restore_latest(target=other)
+    assert Checkpointer(str(tmp_path)).all_steps() == [1]
 
 
 def commit_without_close(directory, steps):
@@ -323,6 +328,17 @@ def test_reader_changes_nothing_even_with_a_corrupt_step(tmp_path):
     np.testing.assert_array_equal(tree["params"]["net"]["w"], 1.0)
     assert "step 3 is unusable" in reports[0] and "left in place" in reports[0]
     assert listing(tmp_path) == before
+
+
+def test_reader_sees_steps_committed_after_it_opened(tmp_path):
+    save_steps(tmp_path, [1])
+    reader = CheckpointReader(str(tmp_path))
+    assert reader.restore_latest()[0] == 1
+    save_steps(tmp_path, [2])  # a live run commits another step
+    step, tree = reader.restore_latest()
+    reader.close()
+    assert step == 2
+    np.testing.assert_array_equal(tree["params"]["net"]["w"], 2.0)
 
 
 def test_reader_tolerates_a_step_deleted_under_it(tmp_path, monkeypatch):

@@ -237,13 +237,19 @@ def test_restore_latest_with_target_gives_typed_state(reference_run):
     assert_trees_equal(state.params, saved(workdir)["params"])
 
 
-def test_evaluate_writes_results(reference_run):
+def test_evaluate_writes_its_own_file_and_changes_nothing_else(reference_run):
     workdir, _ = reference_run
+    training_results = (workdir / "results.json").read_text()
+    checkpoints = sorted((p.name, p.stat().st_mtime_ns) for p in workdir.rglob("*")
+                         if "checkpoints" in p.parts)
     config = tiny_config()
     results = train.evaluate(config, str(workdir), PoisonTask(config), data_fn=Data())
     assert results["step"] == 8
-    stored = json.loads((workdir / "results.json").read_text())
+    stored = json.loads((workdir / "evaluation.json").read_text())
     assert stored["eval"]["eval/mse"] == pytest.approx(results["eval"]["eval/mse"])
+    assert (workdir / "results.json").read_text() == training_results  # the run's own record
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in workdir.rglob("*")
+                  if "checkpoints" in p.parts) == checkpoints
 
 
 def test_a_tasks_own_data_fn_feeds_the_loop_unless_one_is_passed(reference_run, tmp_path):

@@ -1,7 +1,8 @@
 """Finds evaluated runs on disk and sorts them into the rows of the paper's tables.
 
 A run is a directory with `config.json` (written when training starts) and `results.json`
-(written by training and by `scripts/evaluate.py`). What a run is — MaskGIT stage II or UViM
+(written by training) or, for a run evaluated before it finished, `evaluation.json` (written by
+`scripts/evaluate.py`). What a run is — MaskGIT stage II or UViM
 stage II, which quantizer, which ablation — is read from its config, never from its path.
 """
 
@@ -17,6 +18,7 @@ from fsq_jax.reporting.tables import RunResult
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+EVALUATION_FILE = "evaluation.json"
 # The headline metric of each UViM task, as its stage-II evaluator ("uvim") names it.
 UVIM_HEADLINE = {"depth": "rmse", "panoptic": "pq", "colorization": "fid"}
 
@@ -51,6 +53,8 @@ def load_run(workdir: str) -> Run | None:
     """The run in `workdir`, or None when it has no readable config.json and results.json."""
     config = read_json(os.path.join(workdir, CONFIG_FILE))
     results = read_json(os.path.join(workdir, RESULTS_FILE))
+    if results is None:
+        results = read_json(os.path.join(workdir, EVALUATION_FILE))
     if not isinstance(config, dict) or not isinstance(results, dict):
         return None
     return Run(workdir, config, results)
@@ -63,7 +67,7 @@ def find_runs(roots: list[str]) -> Iterator[Run]:
             raise FileNotFoundError(f"run directory {root!r} does not exist")
         for directory, subdirs, files in sorted(os.walk(root)):
             subdirs.sort()
-            if RESULTS_FILE in files and CONFIG_FILE in files:
+            if CONFIG_FILE in files and (RESULTS_FILE in files or EVALUATION_FILE in files):
                 run = load_run(directory)
                 if run is not None:
                     yield run

@@ -149,6 +149,11 @@ class _DropStorageErrorLogs(std_logging.Filter):
         return storage_problem(RuntimeError(record.getMessage())) is None
 
 
+class _DropReadOnlyNotice(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
 class CheckpointReader:
     """Restores the newest good checkpoint of `directory` and never changes anything there.
 
@@ -165,18 +170,24 @@ class CheckpointReader:
         self._manager: ocp.CheckpointManager | None = None
 
     def _options(self) -> ocp.CheckpointManagerOptions:
+        # orbax's read-only mode refuses to save or delete: a second guard besides our code.
         return ocp.CheckpointManagerOptions(
-            read_only=True, create=False, enable_async_checkpointing=False
+            read_only=True, create=False, save_interval_steps=0, enable_async_checkpointing=False
         )
 
     def _new_manager(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(
-            self.directory,
-            item_handlers=ocp.PyTreeCheckpointHandler(
-                type_handler_registry=_type_handler_registry()
-            ),
-            options=self._options(),
-        )
+        notice = _DropReadOnlyNotice()  # orbax warns on every read-only open: expected here
+        logging.get_absl_logger().addFilter(notice)
+        try:
+            return ocp.CheckpointManager(
+                self.directory,
+                item_handlers=ocp.PyTreeCheckpointHandler(
+                    type_handler_registry=_type_handler_registry()
+                ),
+                options=self._options(),
+            )
+        finally:
+            logging.get_absl_logger().removeFilter(notice)
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -334,7 +345,7 @@ class CheckpointReader:
             problems.append(problem)
             if problem.kind != integrity.MISMATCH:
                 self._report(problem, report)
-        raise_if_history(self.directory, problems, self.read_only)
+        _raise_if_history(self.directory, problems, self.read_only)
         return None
 
     def _try_unverified(
@@ -349,7 +360,7 @@ class CheckpointReader:
         return self._try_restore(step, target)
 
 
-def raise_if_history(
+def _raise_if_history(
     directory: str, problems: list[integrity.StepProblem], read_only: bool
 ) -> None:
     """Raises the one-line `CheckpointError` when nothing was restored from `directory` but it
@@ -359,6 +370,12 @@ def raise_if_history(
     earlier = _set_aside_steps(directory)
     if not problems and not earlier:
         return
+    if problems and all(p.kind == integrity.MISMATCH for p in problems):
+        raise CheckpointError(
+            f"the checkpoints in {directory} do not fit this run's state (step "
+            f"{problems[0].step}: {problems[0].detail}); the model, optimiser or ema_decay "
+            "changed since they were written. Use a new workdir, or restore the old config."
+        )
     parts = [f"step {p.step}: {p.detail}" for p in problems]
     if problems:
         head = f"no usable checkpoint in {directory} ({'; '.join(parts)})"
@@ -394,8 +411,8 @@ class Checkpointer(CheckpointReader):
       keep: checkpoints kept on disk (older ones are deleted after each commit).
       async_save: write in a background thread while training goes on.
       lock: the workdir's lock, taken here (`WorkdirLockedError` when another run holds it)
-        and released by `close`; with it, leftover temporary directories of crashed saves
-        are removed.
+        and released by `close`; while it is held, temporary directories of saves a crashed
+        run left behind are removed.
     """
 
     read_only = False
@@ -421,6 +438,7 @@ class Checkpointer(CheckpointReader):
             acquire_for_run(lock)
         try:
             logging.get_absl_logger().addFilter(self._log_filter)
+            self._remove_unfinished_saves()
             self._manager = self._new_manager()
         except BaseException:
             self._release()
@@ -432,9 +450,22 @@ class Checkpointer(CheckpointReader):
             create=True,
             enable_async_checkpointing=self._async,
             temporary_path_class=_integrity_path_class(self.directory, self._extras),
-            # Only safe while this run holds the workdir: another run's save may be in flight.
-            cleanup_tmp_directories=self._lock is not None,
         )
+
+    def _remove_unfinished_saves(self) -> None:
+        """Deletes temporary directories of saves a crashed run left behind (they can be
+        large). Only while holding the workdir lock: another run's save might be in flight."""
+        if self._lock is None or jax.process_index() != 0:
+            return
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if name.endswith(TMP_SUFFIX) and name[: -len(TMP_SUFFIX)].isdigit():
+                logging.warning("removing the unfinished save %s", os.path.join(self.directory,
+                                                                                 name))
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def _release(self) -> None:
         logging.get_absl_logger().removeFilter(self._log_filter)
@@ -460,8 +491,10 @@ class Checkpointer(CheckpointReader):
 
     def _finish_pending(self) -> None:
         step, self._pending_step = self._pending_step, None
+        if self._manager is None:  # nothing in flight (steps were moved: orbax starts afresh)
+            return
         try:
-            self.manager.wait_until_finished()
+            self._manager.wait_until_finished()
         except Exception as e:
             if step is not None:
                 self._extras.pop(step, None)

@@ -154,7 +154,7 @@ def check_step(step_dir: str, step: int) -> StepProblem | None:
                 return StepProblem(step, CORRUPT, f"file {rel} fails its CRC32 check (corrupted)")
         except OSError as e:
             return _os_problem(step, step_dir, e, rel)
-    for rel in commit_files:
+    for rel in commit_files:  # orbax's own bookkeeping: a missing one is orbax's to judge
         path = os.path.join(step_dir, rel)
         try:
             with open(path) as f:
@@ -163,6 +163,9 @@ def check_step(step_dir: str, step: int) -> StepProblem | None:
                 json.loads(text)
         except ValueError:
             return StepProblem(step, CORRUPT, f"file {rel} is not valid JSON (corrupted)")
+        except FileNotFoundError:
+            if not os.path.isdir(step_dir):
+                return StepProblem(step, VANISHED, "deleted while being read")
         except OSError as e:
             return _os_problem(step, step_dir, e, rel)
     return None

@@ -20,6 +20,7 @@ from typing import Any
 from absl import logging
 
 LOCK_FILE = "train.lock"
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 
 # errno values of a storage problem the user must fix (not a bug), with the words for it.
 _STORAGE_ERRNOS = {
@@ -141,8 +142,18 @@ class WorkdirLock:
     def held(self) -> bool:
         return self._token is not None
 
-    def holder(self) -> tuple[LockHolder, int] | None:
+    def holder(self, patience_s: float = 1.0) -> tuple[LockHolder, int] | None:
         """The current holder and the lock file's inode; None when there is no lock file."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return self._read_holder()
+            except WorkdirLockedError:
+                if time.monotonic() > deadline:  # not just being written: really unreadable
+                    raise
+                time.sleep(0.05)
+
+    def _read_holder(self) -> tuple[LockHolder, int] | None:
         try:
             with open(self.path) as f:
                 inode = os.fstat(f.fileno()).st_ino
@@ -169,13 +180,24 @@ class WorkdirLock:
             ) from None
 
     def _create(self, content: dict[str, Any]) -> None:
+        """Creates the lock file holding `content`; FileExistsError when it exists."""
         tmp = f"{self.path}.{content['token']}"
-        with open(tmp, "w") as f:
-            json.dump(content, f)
         try:
-            os.link(tmp, self.path)  # fails with FileExistsError when held: atomic, NFS-safe
+            with open(tmp, "w") as f:
+                json.dump(content, f)
+            try:
+                os.link(tmp, self.path)  # FileExistsError when held: atomic, also on NFS
+                return
+            except OSError as e:
+                if isinstance(e, FileExistsError) or e.errno not in _NO_HARD_LINKS:
+                    raise
         finally:
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        # A file system without hard links: O_EXCL (readers retry a lock still being written).
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(content, f)
 
     def _remove_stale(self, inode: int) -> None:
         """Removes the stale lock file (of `inode`), unless someone replaced it meanwhile."""
@@ -244,7 +266,7 @@ class WorkdirLock:
         if token is None:
             return
         try:
-            found = self.holder()
+            found = self.holder(patience_s=0.0)
         except WorkdirError:
             return
         if found is not None and found[0].token == token:
