@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import jax
 import jax.numpy as jnp
@@ -299,6 +300,10 @@ def test_permission_denied_step_directory_is_skipped_in_place(tmp_path):
         step, _ = checkpointer.restore_latest(report=reports.append)
         checkpointer.close()
         assert step == 1 and "could not move it aside (Permission denied)" in reports[1]
+        checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+        with pytest.raises(CheckpointSaveError, match=r"^permission denied while saving step 3"):
+            checkpointer.save(3, make_state(3))
+        checkpointer.close()
     finally:
         (tmp_path / "checkpoints").chmod(0o755)
         step_dir.chmod(0o755)
@@ -403,6 +408,31 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_last_step(
     assert not any(r.exc_info for r in caplog.records if "orbax" in r.pathname)
     step, _ = CheckpointReader(str(tmp_path / "checkpoints")).restore_latest()
     assert step == 1
+
+
+def test_permission_denied_while_saving_is_one_line_at_once(tmp_path, monkeypatch):
+    """orbax creates the step directory in a background thread; when that fails its other
+    threads wait minutes for it. The save fails up front instead, in one line."""
+    save_steps(tmp_path / "checkpoints", [1])
+    real_mkdir = os.mkdir
+
+    def read_only_mkdir(path, *args, **kwargs):
+        if os.path.dirname(path) == str(tmp_path / "checkpoints"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+    started = time.monotonic()
+    with pytest.raises(CheckpointSaveError) as info:
+        checkpointer.save(2, make_state(2))
+    checkpointer.close()
+    assert time.monotonic() - started < 30
+    assert str(info.value) == (
+        f"permission denied while saving step 2 to {tmp_path / 'checkpoints' / '2'}; make "
+        f"{tmp_path / 'checkpoints'} writable and rerun: the last good step 1 is intact"
+    )
+    assert os.listdir(tmp_path / "checkpoints") == ["1"]
 
 
 def test_error_line_prefers_the_checkpoint_that_could_not_be_saved():

@@ -15,6 +15,7 @@ import logging as std_logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -521,6 +522,7 @@ class Checkpointer(CheckpointReader):
             return False
         self._extras[step] = dict(extra or {})
         try:
+            self._probe_writable(step)
             saved = self.manager.save(step, args=ocp.args.PyTreeSave(state_to_tree(state)))
         except Exception as e:
             self._extras.pop(step, None)
@@ -533,6 +535,14 @@ class Checkpointer(CheckpointReader):
         else:
             self._extras.pop(step, None)
         return bool(saved)
+
+    def _probe_writable(self, step: int) -> None:
+        """Creates and removes a directory where orbax will create the step's. orbax creates
+        it in a background thread whose failure leaves its other threads waiting minutes for
+        a signal; failing here first ends the run at once."""
+        probe = os.path.join(self.directory, f".write-probe-{step}-{uuid.uuid4().hex[:8]}")
+        os.mkdir(probe)
+        os.rmdir(probe)
 
     def wait(self) -> None:
         """Blocks until the last save is committed (with its integrity record)."""
