@@ -391,8 +391,17 @@ def test_disk_full_run_ends_in_one_line(tmp_path):
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_error_line_names_path_of_a_plain_storage_error():
-    error = PermissionError(13, "Permission denied", "/w/metrics.csv")
-    assert workdir_lib.error_line(error) == (
-        "storage error: Permission denied: /w/metrics.csv (PermissionError, errno 13)"
+def test_error_line_names_the_path_and_what_was_being_done(tmp_path):
+    (tmp_path / "metrics.csv").mkdir()  # open() for writing fails: IsADirectoryError
+
+    def append_row():
+        with open(tmp_path / "metrics.csv", "a") as f:
+            f.write("1,2\n")
+
+    with pytest.raises(OSError) as info:
+        append_row()
+    line = append_row.__code__.co_firstlineno + 1
+    assert workdir_lib.error_line(info.value) == (
+        f"storage error: Is a directory: {tmp_path / 'metrics.csv'} (IsADirectoryError, errno "
+        f"21, while in append_row (test_workdir_safety.py:{line}))"
     )

@@ -14,7 +14,10 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import shutil
+import sys
+import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -137,11 +140,16 @@ def _integrity_path_class(directory: str, extras: dict[int, dict[str, Any]]) -> 
 
 
 class _DropStorageErrorLogs(std_logging.Filter):
-    """Drops orbax's own tracebacks of a storage error (disk full, permission denied): the
-    `Checkpointer` reports that error itself in one line naming the step and the path."""
+    """Drops orbax's own tracebacks of a storage error (disk full, permission denied), and
+    asyncio's 'Task exception was never retrieved' for its write tasks: the `Checkpointer`
+    reports that error itself in one line naming the step and the path."""
+
+    loggers = ("absl", "asyncio")  # orbax logs through absl
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        if f"{os.sep}orbax{os.sep}" not in record.pathname or record.levelno < std_logging.ERROR:
+        if record.levelno < std_logging.ERROR:
+            return True
+        if record.name != "asyncio" and f"{os.sep}orbax{os.sep}" not in record.pathname:
             return True
         if record.exc_info and record.exc_info[1] is not None and storage_problem(
             record.exc_info[1]
@@ -153,6 +161,38 @@ class _DropStorageErrorLogs(std_logging.Filter):
 class _DropReadOnlyNotice(std_logging.Filter):
     def filter(self, record: std_logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Given directory is read only")
+
+
+def _is_late_write_callback(value: BaseException | None, tb: Any) -> bool:
+    """Whether an exception is tensorstore completing a write future into orbax's event loop
+    after that loop closed (it happens when a save failed: disk full, permission denied)."""
+    if not isinstance(value, RuntimeError) or str(value) != "Event loop is closed":
+        return False
+    if threading.current_thread() is threading.main_thread():
+        return False  # the program's own uncaught errors always keep their traceback
+    return any(frame.f_code.co_name == "call_soon_threadsafe"
+               for frame, _ in traceback.walk_tb(tb))
+
+
+def _ignore_late_callbacks_of_failed_writes() -> None:
+    """After a failed save, tensorstore's threads may still complete write futures into
+    orbax's closed event loop; each prints 'RuntimeError: Event loop is closed' with a
+    traceback (via sys.excepthook or sys.unraisablehook), burying the one line that says what
+    failed. Drops exactly those; installed once per process, everything else passes through."""
+    previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
+    if getattr(previous_except, "fsq_ignores_closed_loops", False):
+        return
+
+    def excepthook(kind: Any, value: BaseException, tb: Any) -> None:
+        if not _is_late_write_callback(value, tb):
+            previous_except(kind, value, tb)
+
+    def unraisablehook(unraisable: Any) -> None:
+        if not _is_late_write_callback(unraisable.exc_value, unraisable.exc_traceback):
+            previous_unraisable(unraisable)
+
+    excepthook.fsq_ignores_closed_loops = True
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 class CheckpointReader:
@@ -438,7 +478,9 @@ class Checkpointer(CheckpointReader):
         if lock is not None:
             acquire_for_run(lock)
         try:
-            logging.get_absl_logger().addFilter(self._log_filter)
+            for name in self._log_filter.loggers:
+                std_logging.getLogger(name).addFilter(self._log_filter)
+            _ignore_late_callbacks_of_failed_writes()  # before any save can fail
             self._remove_unfinished_saves()
             self._manager = self._new_manager()
         except BaseException:
@@ -469,7 +511,10 @@ class Checkpointer(CheckpointReader):
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def _release(self) -> None:
-        logging.get_absl_logger().removeFilter(self._log_filter)
+        # After a failed save, orbax's abandoned write tasks may still log when collected.
+        if self._failed_step is None:
+            for name in self._log_filter.loggers:
+                std_logging.getLogger(name).removeFilter(self._log_filter)
         if self._lock is not None:
             self._lock.release()
 

@@ -13,7 +13,9 @@ import errno
 import json
 import os
 import socket
+import sysconfig
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -84,8 +86,24 @@ def error_line(error: BaseException) -> str | None:
         if isinstance(link, OSError) and (link.errno in _STORAGE_ERRNOS or link.filename):
             what = link.strerror or str(link)
             path = f": {link.filename}" if link.filename else ""
-            return f"storage error: {what}{path} ({type(link).__name__}, errno {link.errno})"
+            where = _our_frame(link)
+            return (f"storage error: {what}{path} ({type(link).__name__}, errno {link.errno}"
+                    f"{', while in ' + where if where else ''})")
     return None
+
+
+def _our_frame(error: BaseException) -> str | None:
+    """`function (file:line)` of the innermost frame of `error` in this project's code (not
+    the standard library or an installed package): what was being done."""
+    library = tuple(
+        os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "purelib", "platlib")
+    )
+    found = None
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        path = os.path.realpath(frame.f_code.co_filename)
+        if not path.startswith(library):
+            found = f"{frame.f_code.co_name} ({os.path.basename(path)}:{line})"
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
