@@ -18,6 +18,8 @@ import ml_collections
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+# Where `scripts/evaluate.py --out <run>/evaluation.json` puts an evaluation for the tables.
+EVALUATION_FILE = "evaluation.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -82,18 +84,14 @@ def restore_latest(workdir: str, target: Any = None) -> tuple[ml_collections.Con
     Raises:
       FileNotFoundError: no config.json or no checkpoint in `workdir`.
     """
-    from fsq_jax.train.checkpoint import Checkpointer
+    from fsq_jax.train.checkpoint import CheckpointReader
 
     config = read_config(workdir)
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}")
-    checkpointer = Checkpointer(directory, keep=max(int(config.get("keep_checkpoints", 1)), 1),
-                                async_save=False)
-    try:
-        restored = checkpointer.restore_latest(target=target)
-    finally:
-        checkpointer.close()
+    with CheckpointReader(directory) as reader:  # never moves or deletes anything
+        restored = reader.restore_latest(target=target)
     if restored is None:
         raise FileNotFoundError(f"no checkpoints in {directory!r}")
     return config, restored[1]

@@ -6,7 +6,9 @@
 By default the run's own `config.json` is used, so no training override has to be typed again;
 `--config` evaluates under another config instead. Runs the task's eval step over `eval_steps`
 validation batches and its evaluators (FID, PQ, codebook usage, ...), prints the results as JSON
-and, with `--out`, writes them there.
+and, with `--out`, writes them there (`--out DIR/evaluation.json` puts them where
+scripts/tables.py looks). Nothing in the workdir is moved or rewritten, so it is safe beside a live
+training run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def main(argv: list[str]) -> None:
         sys.exit(f"config error: {e}")
     except (FileNotFoundError, ValueError, train.CheckpointError) as e:
         sys.exit(f"evaluation failed: {e}")
+    except Exception as e:  # disk full / permission denied: one line with the path
+        line = train.error_line(e)
+        if line is None:
+            raise
+        sys.exit(f"evaluation failed: {line}")
     text = json.dumps(results, indent=2, sort_keys=True)
     print(text)
     if _OUT.value:

@@ -26,8 +26,8 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their stage c
                              "fields, and train nothing.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Persistent XLA compilation cache, so identical programs (the "
-    "Inception network of every FID evaluation) compile once (default: WORKDIR/"
-    "compilation_cache; '' disables).")
+    "Inception network of every FID evaluation) compile once (default: "
+    "$JAX_COMPILATION_CACHE_DIR or ~/.cache/fsq_jax/compilation_cache; '' disables).")
 
 
 def main(argv: list[str]) -> None:
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
         for line in sweep.describe(config):
             print(line)
         return
-    cli.enable_compilation_cache(_CACHE.value, _WORKDIR.value)
+    cli.enable_compilation_cache(_CACHE.value)
     try:
         sweep.run_sweep(config, _WORKDIR.value, restart=_RESTART.value)
     except pipeline.StagePreemptedError as stopped:

@@ -17,12 +17,13 @@ FLAGS = flags.FLAGS
 cli.define_run_flags("Directory for checkpoints, metrics, images and results.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Persistent XLA compilation cache, so a rerun or a resumed run "
-    "does not compile again (default: WORKDIR/compilation_cache; '' disables).")
+    "does not compile again (default: $JAX_COMPILATION_CACHE_DIR or "
+    "~/.cache/fsq_jax/compilation_cache; '' disables).")
 
 
 def main(argv: list[str]) -> None:
     cli.start_run(argv)
-    cli.enable_compilation_cache(_CACHE.value, FLAGS.workdir)
+    cli.enable_compilation_cache(_CACHE.value)
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.ConfigError as e:
@@ -31,8 +32,15 @@ def main(argv: list[str]) -> None:
         sys.exit(f"training stopped: {e}")
     except train.CheckpointError as e:
         sys.exit(f"cannot resume: {e}")
+    except train.WorkdirError as e:  # workdir held by another run, checkpoint not saved
+        sys.exit(str(e))
     except (FileNotFoundError, data.DataError) as e:  # e.g. a TFDS dataset not built
         sys.exit(f"data error: {e}")
+    except Exception as e:  # disk full / permission denied anywhere: one line with the path
+        line = train.error_line(e)
+        if line is None:
+            raise
+        sys.exit(line)
     if results["preempted"]:
         logging.warning(
             "stopped early at step %d; rerun the same command to resume", results["step"]

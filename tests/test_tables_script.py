@@ -90,3 +90,18 @@ def test_tables_script_names_a_missing_directory(tmp_path):
          str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO)
     assert completed.returncode == 1
     assert "nope" in completed.stderr and "does not exist" in completed.stderr
+
+
+def test_a_run_evaluated_before_it_finished_is_read_from_evaluation_json(tmp_path):
+    """scripts/evaluate.py leaves the training run's results.json alone and writes
+    evaluation.json; a run without results.json is read from it, results.json wins otherwise."""
+    config = {"task": "uvim.tasks:Stage2Task", "dense_task": {"name": "depth"}}
+    _write_run(str(tmp_path / "finished"), config, {"step": 9})
+    with open(tmp_path / "finished" / "evaluation.json", "w") as f:
+        json.dump({"step": 5}, f)
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "stopped" / "evaluation.json").write_text(json.dumps({"step": 4}))
+    steps = {os.path.basename(run.workdir): run.results["step"]
+             for run in collect.find_runs([str(tmp_path)])}
+    assert steps == {"finished": 9, "stopped": 4}

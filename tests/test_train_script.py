@@ -180,14 +180,15 @@ def test_kill_minus_9_then_restart_is_bit_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_script_writes_results(tmp_path):
+def test_evaluate_script_reads_the_runs_config_and_writes_only_where_asked(tmp_path):
     run = ("--config.total_steps=4", "--config.checkpoint_every=4")
     process = start(tmp_path, *run)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-3000:]
-    (tmp_path / "results.json").unlink()
-    result = subprocess.run(
-        command("evaluate.py", tmp_path, *run),
+    training_results = (tmp_path / "results.json").read_text()
+    result = subprocess.run(  # no --config: the run's own config.json, overrides included
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), f"--workdir={tmp_path}",
+         f"--out={tmp_path / 'evaluation.json'}"],
         cwd=ROOT,
         env=environment(),
         capture_output=True,
@@ -195,5 +196,6 @@ def test_evaluate_script_writes_results(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    stored = json.loads((tmp_path / "results.json").read_text())
+    stored = json.loads((tmp_path / "evaluation.json").read_text())
     assert stored["step"] == 4 and np.isfinite(stored["eval"]["eval/mse"])
+    assert (tmp_path / "results.json").read_text() == training_results  # left alone

@@ -1,7 +1,8 @@
 """Finds evaluated runs on disk and sorts them into the rows of the paper's tables.
 
 A run is a directory with `config.json` (written when training starts) and `results.json`
-(written by training and by `scripts/evaluate.py`). What a run is — MaskGIT stage II or UViM
+(written by training) or, for a run evaluated before it finished, `evaluation.json` (written by
+`scripts/evaluate.py`). What a run is — MaskGIT stage II or UViM
 stage II, which quantizer, which ablation — is read from its config, never from its path.
 """
 
@@ -40,6 +41,8 @@ def load_run(workdir: str) -> Run | None:
     """The run in `workdir`, or None when it has no readable config.json and results.json."""
     config = run_dir.read_json(os.path.join(workdir, run_dir.CONFIG_FILE))
     results = run_dir.read_json(os.path.join(workdir, run_dir.RESULTS_FILE))
+    if results is None:  # evaluated with `scripts/evaluate.py --out <run>/evaluation.json`
+        results = run_dir.read_json(os.path.join(workdir, run_dir.EVALUATION_FILE))
     if not isinstance(config, dict) or not isinstance(results, dict):
         return None
     return Run(workdir, config, results)
@@ -52,7 +55,8 @@ def find_runs(roots: list[str]) -> Iterator[Run]:
             raise FileNotFoundError(f"run directory {root!r} does not exist")
         for directory, subdirs, files in sorted(os.walk(root)):
             subdirs.sort()
-            if run_dir.RESULTS_FILE in files and run_dir.CONFIG_FILE in files:
+            if run_dir.CONFIG_FILE in files and (run_dir.RESULTS_FILE in files
+                                                 or run_dir.EVALUATION_FILE in files):
                 run = load_run(directory)
                 if run is not None:
                     yield run

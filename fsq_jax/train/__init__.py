@@ -8,7 +8,12 @@ metrics, progress, evaluation, preemption and the NaN guard.
 from fsq_jax.config_lib import ConfigError
 from fsq_jax.run_dir import read_config, restore_latest
 from fsq_jax.train import optim, sharding
-from fsq_jax.train.checkpoint import Checkpointer, CheckpointError
+from fsq_jax.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointReader,
+    CheckpointSaveError,
+)
 from fsq_jax.train.evaluation import EvalContext, Evaluator, run_sharded
 from fsq_jax.train.frozen import FrozenStage, frozen_from_variables, load_frozen
 from fsq_jax.train.loop import (
@@ -20,10 +25,13 @@ from fsq_jax.train.loop import (
 from fsq_jax.train.state import TrainState
 from fsq_jax.train.task import Batch, Task
 from fsq_jax.train.validate import resolve_task, validate
+from fsq_jax.train.workdir import WorkdirError, WorkdirLock, WorkdirLockedError, error_line
 
 __all__ = [
     "Batch",
     "CheckpointError",
+    "CheckpointReader",
+    "CheckpointSaveError",
     "Checkpointer",
     "ConfigError",
     "EvalContext",
@@ -32,7 +40,11 @@ __all__ = [
     "NonFiniteError",
     "Task",
     "TrainState",
+    "WorkdirError",
+    "WorkdirLock",
+    "WorkdirLockedError",
     "build_task",
+    "error_line",
     "evaluate",
     "frozen_from_variables",
     "load_frozen",

@@ -54,14 +54,17 @@ def start_run(argv: Sequence[str]) -> None:
     )
 
 
-def enable_compilation_cache(directory: str | None, workdir: str) -> None:
-    """JAX's persistent compilation cache in `directory` (None: `workdir/compilation_cache`,
-    "": off), so a rerun or a resumed run does not compile the same programs again."""
+def enable_compilation_cache(directory: str | None) -> None:
+    """JAX's persistent compilation cache, so a rerun, a resumed run or another run of the same
+    programs does not compile them again. `directory`: None = $JAX_COMPILATION_CACHE_DIR, else
+    ~/.cache/fsq_jax/compilation_cache; "" = off."""
     import jax
 
-    cache = os.path.join(workdir, "compilation_cache") if directory is None else directory
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
+    if directory is None:
+        directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+            os.path.expanduser("~"), ".cache", "fsq_jax", "compilation_cache")
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 

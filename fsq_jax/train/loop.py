@@ -34,6 +34,7 @@ from fsq_jax.train.checkpoint import Checkpointer, state_to_tree, tree_to_state
 from fsq_jax.train.frozen import load_frozen
 from fsq_jax.train.state import TrainState
 from fsq_jax.train.validate import resolve_task, validate
+from fsq_jax.train.workdir import WorkdirLock
 
 DataFn = evaluation_lib.DataFn
 
@@ -248,6 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: An
       NonFiniteError: NaN/Inf with `nan_policy="stop"`.
       CheckpointError: checkpoints exist but none is readable, or they hold another config's
         state.
+      WorkdirLockedError: another run holds `workdir`.
+      CheckpointSaveError: a save failed (disk full, permission denied), in one line.
 
     SIGTERM/SIGINT end the run early: the current step finishes, a checkpoint is written and
     the result has `preempted=True` (rerun the same command to resume).
@@ -257,15 +260,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: An
     task = build_task(config) if task is None else task
     data_fn = _data_fn(task, data_fn)
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        run_dir.write_json(os.path.join(workdir, run_dir.CONFIG_FILE), run_dir.config_json(config))
     init_rng, *rngs = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+    # One run per workdir: a second is refused in one line naming the holder of the lock.
     checkpointer = Checkpointer(os.path.join(workdir, run_dir.CHECKPOINT_DIR),
-                                config.keep_checkpoints, config.async_checkpoints)
+                                config.keep_checkpoints, config.async_checkpoints,
+                                lock=WorkdirLock(workdir))
     stop = _StopSignal().__enter__()  # from here on a signal ends the run with a checkpoint
     try:
         state, start_step, skipped, shardings = _initial_state(config, task, data_fn, mesh,
                                                                checkpointer, init_rng)
+        if jax.process_index() == 0:  # only once the run is accepted: its checkpoints fit it
+            run_dir.write_json(os.path.join(workdir, run_dir.CONFIG_FILE),
+                               run_dir.config_json(config))
         from fsq_jax.train import writers as writers_lib  # imports TensorFlow: only when training
 
         writer = writers_lib.create_writer(workdir, start_step or None, jax.process_index() == 0)
