@@ -20,11 +20,12 @@ import numpy as np
 import optax
 
 from fsq_jax import images as image_lib
-from fsq_jax import quantizers, run_dir
+from fsq_jax import quantizers
 from fsq_jax.config_lib import LoopConfig, OptimizerConfig, require
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.quantizers.registry import QuantizerConfig
 from fsq_jax.train import optim
+from fsq_jax.train.checkpoint import restore_latest
 from fsq_jax.train.evaluation import run_sharded
 from fsq_jax.train.frozen import FrozenStage, frozen_from_variables, read_frozen_config
 from fsq_jax.train.state import TrainState
@@ -356,7 +357,7 @@ class TransformerTask:
         """The task of a stage-II run and its newest checkpoint (host numpy dict), read without
         changing the workdir; the frozen tokenizer's variables come from that checkpoint and
         its architecture from `tokenizer_workdir/config.json`."""
-        config, restored = run_dir.restore_latest(workdir)
+        config, restored = restore_latest(workdir)
         if "tokenizer" not in (restored.get("model_state") or {}):
             raise ValueError(f"{workdir!r} is not a MaskGIT transformer run (no frozen tokenizer "
                              "in its checkpoint)")

@@ -1,6 +1,7 @@
 """The paper-layout tables: our numbers beside the paper's, with sources."""
 
-from fsq_jax.reporting import paper, tables
+from fsq_jax import config_lib
+from fsq_jax.reporting import tables
 
 
 def test_maskgit_table_puts_ours_beside_the_papers():
@@ -46,7 +47,7 @@ def test_uvim_table_rows_ablations_and_paper_values():
 
 def test_paper_levels_match_codebook_targets():
     # Table 1: the product of the levels is within about 10% of the target size.
-    for log2_size, levels in paper.RECOMMENDED_LEVELS.items():
+    for log2_size, levels in config_lib.RECOMMENDED_LEVELS.items():
         product = 1
         for level in levels:
             product *= level

@@ -14,7 +14,7 @@ from typing import Literal
 
 import ml_collections
 
-from fsq_jax.config_lib.schema import FieldError, defaults, require
+from fsq_jax.schema import FieldError, defaults, require
 
 NanPolicy = Literal["stop", "skip"]
 CropMode = Literal["center", "random", "resize"]

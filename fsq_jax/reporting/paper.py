@@ -48,18 +48,3 @@ UVIM_METRICS = MappingProxyType(
         "colorization": ("FID", True),
     }
 )
-
-# Table 1: recommended FSQ levels per target codebook size (log2).
-RECOMMENDED_LEVELS = MappingProxyType(
-    {
-        4: (5, 3),
-        6: (8, 8),
-        8: (8, 6, 5),
-        9: (8, 8, 8),
-        10: (8, 5, 5, 5),
-        11: (8, 8, 6, 5),
-        12: (7, 5, 5, 5, 5),
-        14: (8, 8, 8, 6, 5),
-        16: (8, 8, 8, 5, 5, 5),
-    }
-)

@@ -30,7 +30,7 @@ from fsq_jax import run_dir
 from fsq_jax.train import actions
 from fsq_jax.train import evaluation as evaluation_lib
 from fsq_jax.train import sharding as sharding_lib
-from fsq_jax.train.checkpoint import Checkpointer, state_to_tree, tree_to_state
+from fsq_jax.train.checkpoint import Checkpointer, restore_latest, state_to_tree, tree_to_state
 from fsq_jax.train.frozen import load_frozen
 from fsq_jax.train.state import TrainState
 from fsq_jax.train.validate import resolve_task, validate
@@ -491,7 +491,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, task: Any = None, 
     init_rng, _, eval_rng, image_rng = jax.random.split(jax.random.PRNGKey(config.seed), 4)
     batch = next(_train_stream(data_fn, config, mesh, 0))
     abstract, shardings = abstract_state(task, init_rng, batch, mesh, config.fsdp)
-    _, state = run_dir.restore_latest(workdir, target=abstract)
+    _, state = restore_latest(workdir, target=abstract)
     step = int(state.step)
     run = _RunContext(config, workdir, task, data_fn, mesh, CompiledSteps(task, shardings, mesh),
                       None, None, (init_rng, eval_rng, image_rng), None)
