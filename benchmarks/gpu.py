@@ -128,8 +128,9 @@ def measure_maskgit(report: Report, size: str) -> None:
     del state
     if not _ONLY.value or "transformer" in _ONLY.value:
         variants = [{}, {"dropout_rng": "rbg"}]
-        if jax.default_backend() == "gpu":
-            variants += [{"attention": "cudnn"}, {"attention": "cudnn", "dropout_rng": "rbg"}]
+        if jax.default_backend() == "gpu":  # cudnn has no attention-weight dropout
+            variants += [{"attention": "cudnn", "attention_dropout": 0.0},
+                         {"attention": "cudnn", "attention_dropout": 0.0, "dropout_rng": "rbg"}]
         for overrides in variants:
             config = config2.copy_and_resolve_references()
             config.model.update(overrides)

@@ -50,14 +50,25 @@ def _token_batch(batch_size: int, seq_len: int, codebook_size: int, num_classes:
 
 
 def _parse_variants(text: str) -> list[dict[str, str]]:
-    """'attention=xla;attention=cudnn,dropout_rng=rbg' -> [{...}, {...}] (model.* overrides)."""
+    """'attention=xla;attention=cudnn,attention_dropout=0.0' -> [{...}, {...}] (model.*
+    overrides; values parsed as Python literals where they are ones)."""
     variants = []
     for chunk in filter(None, text.split(";")):
         pairs = [item.split("=", 1) for item in chunk.split(",")]
         if any(len(pair) != 2 for pair in pairs):
             raise SystemExit(f"--variants: {chunk!r} is not field=value[,field=value]")
-        variants.append(dict(pairs))
+        variants.append({field: _literal(value) for field, value in pairs})
     return variants
+
+
+def _literal(text: str) -> Any:
+    """A variant value: a Python literal (0.0, True) when it parses as one, else the string."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def transformer_train_flops(task: Any, batch_size: int) -> float:
@@ -83,7 +94,8 @@ _TOKENS = flags.DEFINE_enum(
     "tokenizer in the step), images tokenised on the fly by the frozen encoder, or both.")
 _VARIANTS = flags.DEFINE_string(
     "variants", "", "Extra stage-II measurements with model.* overrides, e.g. "
-    "'attention=xla;dropout_rng=rbg,attention=cudnn'.")
+    "'dropout_rng=rbg;attention=cudnn,attention_dropout=0.0' (cudnn has no attention-weight "
+    "dropout).")
 _SKIP = flags.DEFINE_list("skip", [], "Measurements to skip: tokenizer, tokenizer_warmup, "
                           "transformer, sample.")
 
