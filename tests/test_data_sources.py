@@ -58,6 +58,11 @@ def test_decode_panoptic_maps_segments_to_classes_and_instances():
     np.testing.assert_array_equal(semantic, [[-1, 85, 85, 0], [2, 2, 0, -1]])
     # Instances: things numbered in segment order (crowd excluded); stuff, crowd and void are 0.
     np.testing.assert_array_equal(instance, [[0, 0, 0, 1], [0, 0, 1, 0]])
+    # The crowd segment's pixels (id 70000) are marked, for PQ to ignore them.
+    *maps, crowd_map = tfds_sources.decode_panoptic_with_crowd(png, segment_ids, labels, crowd)
+    np.testing.assert_array_equal(crowd_map, [[False] * 4, [True, True, False, False]])
+    np.testing.assert_array_equal(maps[0], semantic)
+    np.testing.assert_array_equal(maps[1], instance)
     assert tfds_sources.COCO_PANOPTIC_CLASSES.num_classes == 133
     assert len(tfds_sources.COCO_PANOPTIC_CLASSES.thing_ids) == 80
     names = tfds_sources.COCO_PANOPTIC_CLASSES.names
@@ -80,7 +85,7 @@ def tfds_mock():
     [
         ("imagenet2012", (), 1000),
         ("nyu_depth_v2", ("depth",), 1),
-        ("coco/2017_panoptic", ("panoptic_semantic", "panoptic_instance"), 1),
+        ("coco/2017_panoptic", ("panoptic_semantic", "panoptic_instance", "panoptic_crowd"), 1),
     ],
 )
 def test_tfds_sources_give_project_keys_after_preprocessing(tfds_mock, name, extra_keys, classes):
@@ -105,6 +110,9 @@ def test_tfds_sources_give_project_keys_after_preprocessing(tfds_mock, name, ext
         assert semantic.dtype == instance.dtype == np.int32
         assert np.all((semantic >= -1) & (semantic < 133)) and np.all(instance >= 0)
         assert np.all(instance[semantic == -1] == 0)
+        crowd = batch["panoptic_crowd"]
+        assert crowd.shape == (2, 24, 24) and crowd.dtype == bool
+        assert not np.any(crowd & (semantic == -1)) and np.all(instance[crowd] == 0)
         assert data.panoptic_classes(config) is tfds_sources.COCO_PANOPTIC_CLASSES
     # Evaluation batches: the split in order, centre-cropped, never flipped.
     evaluation = next(data.build(config, "validation", 2, num_epochs=1))

@@ -17,7 +17,10 @@ import ml_collections
 from fsq_jax.schema import FieldError, defaults, require
 
 NanPolicy = Literal["stop", "skip"]
-CropMode = Literal["center", "random", "resize"]
+CropMode = Literal["center", "random", "resize", "inception"]
+# "" = as `crop` ("random" -> "center", "inception" -> "resize"); "nyu_eval_crop": big_vision's
+# fixed NYU Depth v2 evaluation window (fsq_jax/data/preprocess.py).
+EvalCropMode = Literal["", "center", "resize", "nyu_eval_crop"]
 OnCorrupt = Literal["fail", "skip"]
 # "adafactor" is optax's; "big_vision_adafactor" is UViM's (big_vision/optax.py), see
 # fsq_jax/train/big_vision_optax.py.
@@ -38,9 +41,18 @@ class DataConfig:
     tfds_data_dir: str = ""  # "" = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
     on_corrupt: OnCorrupt = "fail"  # folder sources: fail on, or skip, unreadable images
     # Real images (tfds, folder): "center" square crop, "random" square crop of the train split
-    # (centre for the others), or "resize" the whole image to a square.
+    # (centre for the others), "resize" the whole image to a square, or "inception": a random box
+    # of 5-100% of the area and aspect 3/4-4/3 stretched to a square (big_vision's inception_box).
     crop: CropMode = "random"
+    eval_crop: EvalCropMode = ""  # the other splits' crop; "" = as `crop` (see EvalCropMode)
     random_flip: bool = True  # horizontal flips of the train split (tfds, folder)
+    # (height, width) > 0: evaluation examples (tfds, folder) also carry their dense maps over
+    # the crop window at its native resolution, padded to this shape, as `native_<key>` with
+    # `native_shape` [2]; () = off. UViM scores NYU (426, 560) and COCO (<= 640) there.
+    eval_native_shape: tuple[int, ...] = ()
+    # TFDS: the first `train_skip` examples of the train split are held out (big_vision's
+    # UViM configs train on "train[4096:]"); scenes and folders must keep 0.
+    train_skip: int = 0
     # Procedural scenes: objects per scene and nominal split sizes (an epoch's length).
     min_objects: int = 1
     max_objects: int = 4
@@ -64,6 +76,12 @@ class DataConfig:
                 f"need 1 <= min_objects <= max_objects ({self.max_objects})")
         for field in ("train_size", "eval_size"):
             require(getattr(self, field) >= 1, field, "must be >= 1")
+        require(self.eval_native_shape == () or (len(self.eval_native_shape) == 2 and all(
+            size >= 1 for size in self.eval_native_shape)), "eval_native_shape",
+            "must be () or (height, width) with both >= 1")
+        require(self.train_skip >= 0, "train_skip", "must be >= 0")
+        require(self.train_skip == 0 or kind == "tfds", "train_skip",
+                "holds out train examples of TFDS sources only; set it to 0")
         for field in ("read_threads", "prefetch_batches"):
             require(getattr(self, field) >= 0, field, "must be >= 0")
 

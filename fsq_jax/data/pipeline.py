@@ -67,7 +67,8 @@ def open_source(config: Any, split: str) -> Any:
             max_objects=_field(config, "max_objects"),
         )
     if kind == "tfds":
-        return tfds_sources.TfdsSource(argument, split, _field(config, "tfds_data_dir"))
+        return tfds_sources.TfdsSource(argument, split, _field(config, "tfds_data_dir"),
+                                       skip=_field(config, "train_skip") if split == "train" else 0)
     return folder.FolderSource(argument, split, _field(config, "on_corrupt"))
 
 
@@ -150,13 +151,14 @@ def build(
         is_train = split in TRAIN_SPLITS
         size = _field(data_config, "image_size")
         mode = _field(data_config, "crop")
-        if mode == "random" and not is_train:
-            mode = "center"
+        if not is_train:
+            mode = preprocess.eval_crop_mode(mode, _field(data_config, "eval_crop"))
         flip = bool(_field(data_config, "random_flip")) and is_train
+        native = None if is_train else (tuple(_field(data_config, "eval_native_shape")) or None)
 
         def preprocess_fn(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
             do_flip = flip and bool(rng.integers(2))
-            return preprocess.square_resize(example, size, mode, do_flip, rng)
+            return preprocess.square_resize(example, size, mode, do_flip, rng, native)
 
     return batches(source, data_config, split, batch_size, start_step=start_step,
                    process_index=process_index, process_count=process_count, shuffle=shuffle,
