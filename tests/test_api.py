@@ -2,7 +2,8 @@
 
 The runs are real workdirs (config.json and a verified checkpoint written by the loop's
 Checkpointer) of narrowed tiny presets, saved at initialisation: what matters here is that the
-API reads a run and computes what the task computes, not what a trained model predicts.
+API reads a run and computes what the task computes, not what a trained model predicts. The
+UViM ones (two stages to build and a decoder to compile) are in the slow set.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def depth_run(tmp_path_factory):
     return root, workdir, task, state
 
 
+@pytest.mark.slow
 def test_depth_predictor_predicts_as_the_task_does(depth_run):
     from uvim.api import DepthPredictor, Predictor
 
@@ -185,6 +187,7 @@ def test_depth_predictor_predicts_as_the_task_does(depth_run):
         Predictor.from_workdir(task.config.stage1_workdir)
 
 
+@pytest.mark.slow
 def test_readme_depth_example_runs_as_written(depth_run, monkeypatch):
     root, _, _, _ = depth_run
     _write_photo(root / "room.jpg", 2)
