@@ -18,6 +18,7 @@ from fsq_jax import quantizers
 from fsq_jax.config_lib import require
 from fsq_jax.eval import evaluators as eval_lib
 from fsq_jax.eval import inception
+from fsq_jax.train.evaluation import SkippedEvaluator
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,18 +55,24 @@ def reference_key(config: ml_collections.ConfigDict, split: str) -> str:
     return f"maskgit/{source}-seed{config.data.seed}/{split}/{config.data.image_size}"
 
 
-def inception_available(config: ml_collections.ConfigDict) -> bool:
-    """Whether FID can run; when it is on but the weights are missing, says so once."""
+def fid_skip_reason(config: ml_collections.ConfigDict) -> str | None:
+    """Why FID cannot run although `evaluators.fid` is on (the InceptionV3 weights are
+    missing), or None; when there is a reason, says so in the log too."""
     if not config.evaluators.fid:
-        return False
+        return None
     try:
         inception.load()
-    except FileNotFoundError:
+    except FileNotFoundError as error:
         logging.warning("evaluators.fid is on but the InceptionV3 weights are missing: FID, "
                         "precision and recall are skipped. Run `make inception` once to "
                         "convert them (or set --config.evaluators.fid=False).")
-        return False
-    return True
+        return f"skipped: {error}"
+    return None
+
+
+def inception_available(config: ml_collections.ConfigDict) -> bool:
+    """Whether FID can run; when it is on but the weights are missing, says so once."""
+    return bool(config.evaluators.fid) and fid_skip_reason(config) is None
 
 
 def _fid(config: ml_collections.ConfigDict, name: str, generate_fn: Any, reference_split: str,
@@ -82,7 +89,10 @@ def tokenizer_evaluators(task: Any) -> list[Any]:
     """[reconstruction FID (when enabled and the Inception weights exist), codebook usage]."""
     config = task.config
     result: list[Any] = []
-    if inception_available(config):
+    skipped = fid_skip_reason(config)
+    if skipped is not None:
+        result.append(SkippedEvaluator("reconstruction", ("fid",), skipped))
+    elif config.evaluators.fid:
         result.append(_fid(config, "reconstruction",
                            lambda state, batch, rng, context: task.reconstruct_fn(
                                state, context.mesh)(batch["image"]),
@@ -99,8 +109,12 @@ def tokenizer_evaluators(task: Any) -> list[Any]:
 
 
 def transformer_evaluators(task: Any) -> list[Any]:
-    """[sampling FID + precision + recall] (when enabled and the Inception weights exist)."""
-    if not inception_available(task.config):
+    """[sampling FID + precision + recall] (when enabled and the Inception weights exist; a
+    `SkippedEvaluator` saying why when they are missing)."""
+    skipped = fid_skip_reason(task.config)
+    if skipped is not None:
+        return [SkippedEvaluator("sampling", ("fid", "precision", "recall"), skipped)]
+    if not task.config.evaluators.fid:
         return []
     return [_fid(task.config, "sampling",
                  lambda state, batch, rng, context: task.sample_fn(state, context.mesh)(

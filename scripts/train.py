@@ -15,6 +15,7 @@ from fsq_jax.train import cli
 
 FLAGS = flags.FLAGS
 cli.define_run_flags("Directory for checkpoints, metrics, images and results.")
+flags.adopt_module_key_flags(cli)  # --help lists the shared run flags
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Persistent XLA compilation cache, so a rerun or a resumed run "
     "does not compile again (default: $JAX_COMPILATION_CACHE_DIR or "

@@ -100,6 +100,27 @@ class Evaluator(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True)
+class SkippedEvaluator:
+    """An evaluator the config asks for that cannot run here (FID without the Inception
+    weights): it yields nothing, and `skipped_metrics` reports its metrics with the reason, so
+    a run's results say what is missing and why instead of simply lacking it."""
+
+    name: str
+    metrics: tuple[str, ...]
+    reason: str
+
+    def run(self, state: Any, context: EvalContext) -> Iterator[tuple[str, float]]:
+        del state, context
+        return iter(())
+
+
+def skipped_metrics(evaluators: Sequence[Evaluator]) -> dict[str, str]:
+    """`{"<evaluator name>/<metric>": reason}` of the skipped evaluators among `evaluators`."""
+    return {f"{e.name}/{metric}": e.reason for e in evaluators
+            if isinstance(e, SkippedEvaluator) for metric in e.metrics}
+
+
 def run_evaluators(evaluators: Sequence[Evaluator], state: Any, context: EvalContext
                    ) -> dict[str, float]:
     """`{"<evaluator name>/<metric>": value}` of every evaluator."""

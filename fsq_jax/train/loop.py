@@ -444,13 +444,16 @@ def _save(run: _RunContext, state: Any, step: int, window: _MetricWindow,
             run.checkpointer.wait()
 
 
-def evaluate_state(run: _RunContext, state: Any, step: int) -> dict[str, dict[str, float]]:
+def evaluate_state(run: _RunContext, state: Any, step: int) -> dict[str, dict[str, Any]]:
     """`{"eval": mean eval-step metrics, "evaluators": every evaluator's metrics}` of `state`."""
     context = run.eval_context(step)
+    evaluators = run.task.evaluators()
     eval_metrics, _ = evaluation_lib.average_eval_steps(
         run.compiled.evaluate, state, context, run.config.eval_batch_size, run.config.eval_steps)
     values = {"eval": {f"eval/{k}": v for k, v in eval_metrics.items()},
-              "evaluators": evaluation_lib.run_evaluators(run.task.evaluators(), state, context)}
+              "evaluators": evaluation_lib.run_evaluators(evaluators, state, context)}
+    if skipped := evaluation_lib.skipped_metrics(evaluators):
+        values["skipped"] = skipped  # results.json says which metrics were not computed, and why
     shown = {**values["eval"], **values["evaluators"]}
     if shown:
         logging.info("step %d eval: %s", step, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
