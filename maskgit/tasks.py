@@ -437,10 +437,11 @@ class TransformerTask:
     def data_fn(self, data_config: ml_collections.ConfigDict, split: str, batch_size: int,
                 **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
         """The loop's batches (`fsq_jax.data.build`'s signature): with `token_cache.dir` set,
-        the train split comes from the token cache (built on first use), else images."""
+        the train split comes from the token cache (built on first use), else images (always
+        for evaluation: the FID reference reads the train images)."""
         from fsq_jax import data
 
-        if split != "train" or not self.config.token_cache.dir:
+        if split != "train" or not self.config.token_cache.dir or kwargs.get("evaluation"):
             return data.build(data_config, split, batch_size, **kwargs)
         return data.batches(self._token_source, data_config, split, batch_size, **kwargs)
 

@@ -114,14 +114,10 @@ def _usage_metrics(counter: CodeCounter, prefix: str) -> dict[str, float]:
 def _evaluation_batches(config: ml_collections.ConfigDict, context: Any
                         ) -> Iterator[dict[str, np.ndarray]]:
     """`evaluators.num_batches` validation batches of `eval_batch_size`, or with 0 the whole
-    validation split once (the last batch cut short)."""
+    validation split once (the last batch padded and masked)."""
     size = int(config.eval_batch_size)
     batches = int(config.evaluators.num_batches)
-    if batches == 0:
-        from fsq_jax import data
-
-        return context.batches(size, data.num_examples(config.data, "validation"))
-    return context.batches(size, size * batches)
+    return context.batches(size, size * batches if batches else None)
 
 
 def _model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -239,11 +235,15 @@ class OracleEvaluator:
         metric = task.output.new_metric()
         usage = CodeCounter(task.codebook_size)
         replicated = (state.eval_params()["model"], state.model_state)
+        scored = 0
         for batch in _evaluation_batches(task.config, context):
-            prediction, indices = context.run(task._reconstruct, replicated,
-                                              _model_inputs(batch))
-            metric.update(prediction, batch)
-            usage.update(indices)
+            prediction, indices = context.real(
+                context.run(task._reconstruct, replicated, _model_inputs(batch)), batch)
+            scored += context.count(batch)
+            if len(indices):  # padding only on this host
+                metric.update(prediction, context.real(batch))
+                usage.update(indices)
+        yield "num_examples", scored
         yield from metric.result().items()
         yield from _usage_metrics(usage, "codebook_").items()
 
@@ -433,7 +433,7 @@ class Stage2Evaluator:
         metric, oracle = task.output.new_metric(), task.output.new_metric()
         usage, oracle_usage = CodeCounter(task.codebook_size), CodeCounter(task.codebook_size)
         replicated = (state.eval_params()["stage2"], state.model_state["stage1"])
-        matches, total = 0, 0
+        matches, total, scored = 0, 0, 0
         for index, batch in enumerate(_evaluation_batches(task.config, context)):
             rng = context.batch_rng(index)
             inputs = _model_inputs(batch)
@@ -441,12 +441,19 @@ class Stage2Evaluator:
             oracle_prediction, oracle_tokens = context.run(
                 lambda p, v, b, r: task._predict(p, v, b, r, use_oracle=True), replicated, inputs,
                 rng)
+            prediction, tokens, oracle_prediction, oracle_tokens = context.real(
+                (prediction, tokens, oracle_prediction, oracle_tokens), batch)
+            scored += context.count(batch)
+            if not len(tokens):  # padding only on this host
+                continue
+            batch = context.real(batch)
             metric.update(prediction, batch)
             oracle.update(oracle_prediction, batch)
             usage.update(tokens)
             oracle_usage.update(oracle_tokens)
             matches += int(np.sum(tokens == oracle_tokens))
             total += int(tokens.size)
+        yield "num_examples", scored
         yield from metric.result().items()
         yield from ((f"oracle_{k}", v) for k, v in oracle.result().items())
         yield from _usage_metrics(usage, "predicted_codebook_").items()

@@ -39,7 +39,7 @@ def _paper(config: ml_collections.ConfigDict) -> None:
     # 10 * mean_b ||grad D(x_b)||^2 (MAGVIT losses.py r1_gradient_penalty).
     config.loss.r1_weight = 10.0
     config.loss.discriminator_start = 0  # MaskGIT's public config has no adversarial warm-up
-    config.evaluators.num_images = 50_000
+    config.evaluators.num_images = 50_000  # FSQ paper: 50k validation reconstructions
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
@@ -64,6 +64,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.optimizers.generator.update(learning_rate=1e-3, b1=0.5)
     config.optimizers.discriminator.update(learning_rate=2e-4, b1=0.5)
     config.evaluators.num_images = 500
+    config.evaluators.reference_images = 500  # of the 100k train scenes: cheap on a CPU
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -104,6 +105,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "num_images": 1000,
         "batch_size": 50,
         "out_dir": "",  # where the usage histogram PNG and counts go ("" = not written)
+        # FID reference (FSQ paper: reconstructions against the ImageNet train set): "" =
+        # statistics of the train split computed here once, unaugmented, cached; or an ADM
+        # reference batch .npz (its mu/sigma), e.g. VIRTUAL_imagenet256_labeled.npz.
+        "reference": "",
+        "reference_images": 0,  # train images in the statistics (0 = the whole split)
     })
     (_paper if arg.size == "paper" else _tiny)(config)
     return config

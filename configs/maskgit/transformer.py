@@ -49,6 +49,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.optimizer.update(learning_rate=1e-3, warmup_steps=200, schedule="cosine",
                             end_learning_rate=1e-5)
     config.evaluators.num_images = 500
+    config.evaluators.reference_images = 500  # of the 100k train scenes: cheap on a CPU
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -95,6 +96,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "fid": True,  # sampling FID, precision, recall (needs `make inception`)
         "num_images": 1000,
         "batch_size": 50,
+        # FID reference (FSQ paper: ADM's suite, statistics of the whole ImageNet train set):
+        # "" = statistics of the train split computed here once, unaugmented, cached (precision
+        # and recall against its first num_images); or an ADM reference batch .npz (its mu/sigma,
+        # precision/recall against its arr_0), e.g. VIRTUAL_imagenet256_labeled.npz.
+        "reference": "",
+        "reference_images": 0,  # train images in the statistics (0 = the whole split)
     })
     (_paper if arg.size == "paper" else _tiny)(config)
     return config
