@@ -36,7 +36,8 @@ def main(argv: list[str]) -> None:
         config = _CONFIG.value or run_dir.read_config(_WORKDIR.value)
         results = train.evaluate(config, _WORKDIR.value)
     except (FileNotFoundError, train.CheckpointError) as e:
-        cli.fail(f"evaluation failed: {cli.failure_line(e) or e}", e)
+        detail = cli.failure_line(e) if getattr(e, "filename", None) else e
+        cli.fail(f"evaluation failed: {detail}", e)
     except ValueError as e:  # config.json is not JSON
         if isinstance(e, train.ConfigError):
             raise

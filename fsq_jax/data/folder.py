@@ -42,8 +42,9 @@ class CorruptImageError(DataError):
     """An image file could not be read or decoded."""
 
 
-class FolderLayoutError(DataError):
-    """An image folder without the split a run asks for."""
+class FolderLayoutError(DataError, ValueError):
+    """An image folder laid out so that it cannot be used (no such split, no images, loose
+    images beside class folders, classes missing from the train split)."""
 
 
 class _SkipRecord:
@@ -92,33 +93,28 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def _identity(path: str) -> tuple[int, int]:
-    status = os.stat(path)  # follows symlinks: the real folder
-    return status.st_dev, status.st_ino
-
-
-def _walk_once(directory: str, outside: Sequence[str] = ()) -> Iterator[tuple[str, list[str]]]:
+def _walk_once(directory: str) -> Iterator[tuple[str, list[str]]]:
     """(folder, sorted file names) under `directory`, following symlinks but entering each real
-    folder once, and never the folders in `outside` (a link back up to them is a loop)."""
-    visited = {_identity(p) for p in outside if os.path.isdir(p)}
+    folder once, and never a folder that contains `directory` (a link up to it is a loop)."""
+    top = os.path.realpath(directory)
+    ancestors = {top}
+    while os.path.dirname(top) != top:
+        top = os.path.dirname(top)
+        ancestors.add(top)
+    visited: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        try:
-            here = _identity(dirpath)
-        except OSError:
-            dirnames.clear()
+        real = os.path.realpath(dirpath)
+        if real in visited or (dirpath != directory and real in ancestors):
+            dirnames.clear()  # reached again through a symlink: a loop, or a second link
             continue
-        if here in visited:  # reached again through a symlink: a loop or a second link
-            dirnames.clear()
-            continue
-        visited.add(here)
+        visited.add(real)
         dirnames.sort()
         yield dirpath, sorted(filenames)
 
 
-def _images_in(directory: str, extensions: frozenset[str], outside: Sequence[str] = ()
-               ) -> list[str]:
+def _images_in(directory: str, extensions: frozenset[str]) -> list[str]:
     paths = []
-    for dirpath, filenames in _walk_once(directory, outside):
+    for dirpath, filenames in _walk_once(directory):
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
                 paths.append(os.path.join(dirpath, name))
@@ -188,7 +184,7 @@ def scan(
     loose = [e for e in entries if os.path.isfile(os.path.join(directory, e))
              and os.path.splitext(e)[1].lower() in extensions and not e.startswith(".")]
     if classes and loose:
-        raise ValueError(
+        raise FolderLayoutError(
             f"image folder {directory!r} mixes class subfolders ({', '.join(classes[:3])}, ...) "
             f"with loose images ({loose[0]}, ...): put every image in a class subfolder"
         )
@@ -198,10 +194,10 @@ def scan(
         names = list(class_names) if class_names is not None else classes
         unknown = sorted(set(classes) - set(names))
         if unknown:
-            raise ValueError(f"image folder {directory!r} has classes missing from the train "
-                             f"split: {', '.join(unknown[:5])}")
+            raise FolderLayoutError(f"image folder {directory!r} has classes missing from the "
+                                    f"train split: {', '.join(unknown[:5])}")
         for name in classes:
-            found = _images_in(os.path.join(directory, name), extensions, outside=[directory])
+            found = _images_in(os.path.join(directory, name), extensions)
             paths += found
             labels += [names.index(name)] * len(found)
     else:
@@ -209,7 +205,7 @@ def scan(
         labels = [0] * len(paths)
         names = [os.path.basename(os.path.normpath(directory))]
     if not paths:
-        raise ValueError(
+        raise FolderLayoutError(
             f"image folder {directory!r} holds no images (looked for "
             f"{', '.join(sorted(extensions)[:8])}, ... files)"
         )

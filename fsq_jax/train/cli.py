@@ -91,6 +91,16 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def _config_arg(argv: Sequence[str]) -> str:
+    """`--config=<value>` as given (either `--config=x` or `--config x`)."""
+    for index, arg in enumerate(argv):
+        if re.match(r"^--?config=", arg):
+            return arg
+        if re.fullmatch(r"--?config", arg) and index + 1 < len(argv):
+            return f"--config={argv[index + 1]}"
+    return "--config"
+
+
 def _flag_error_line(error: flags.Error) -> str:
     """One line for a flag that failed to parse; a config file's own error (ml_collections puts
     its traceback into the message) is reduced to the flag and the exception's last line."""
@@ -139,6 +149,9 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except (AttributeError, KeyError) as e:
         if verbose:
             raise
+        if "get_config" in str(e):
+            sys.exit(f"config error: {_config_arg(argv)}: the config file has no "
+                     "get_config(arg) function")
         text = str(e.args[0] if e.args else e)
         name = re.search(r"(\w+)", text)
         missing = name.group(1) if name else text
@@ -153,8 +166,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except Exception as e:  # a config file that fails to load (a syntax error, a bug)
         if verbose:
             raise
-        config = next((a for a in argv if re.match(r"^--?config=", a)), "--config")
-        sys.exit(f"config error: {config}: {type(e).__name__}: {_one_line(e)}")
+        sys.exit(f"config error: {_config_arg(argv)}: {type(e).__name__}: {_one_line(e)}")
     _check_config_files()
     return parsed
 

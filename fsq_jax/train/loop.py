@@ -305,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: An
     task = build_task(config) if task is None else task
     data_fn = _data_fn(task, data_fn)
     with resume.FirstStart(workdir) as start:
-        os.makedirs(workdir, exist_ok=True)
+        resume.make_workdir(workdir)
         init_rng, *rngs = jax.random.split(jax.random.PRNGKey(config.seed), 4)
         # One run per workdir: a second is refused in one line naming the holder of the lock.
         checkpointer = Checkpointer(os.path.join(workdir, run_dir.CHECKPOINT_DIR),

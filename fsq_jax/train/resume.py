@@ -23,6 +23,7 @@ import ml_collections
 from fsq_jax import run_dir
 from fsq_jax.config_lib import ConfigError, flatten
 from fsq_jax.train.checkpoint import CORRUPT_DIR
+from fsq_jax.train.workdir import WorkdirError
 
 # Fields (dotted; a section name covers the whole section) that may differ between a run's
 # config.json and the config that resumes it: none changes what the checkpoints hold or how the
@@ -178,6 +179,18 @@ def finished_line(config: ml_collections.ConfigDict, workdir: str, results: Mapp
     if measured:
         line += f" (its results were measured before {_describe(measured)})"
     return line
+
+
+def make_workdir(workdir: str) -> None:
+    """Creates `workdir` (and its parents); a WorkdirError in one line when that is impossible."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except FileExistsError:
+        raise WorkdirError(f"workdir {workdir} is a file, not a directory: choose another "
+                           "--workdir") from None
+    except OSError as e:
+        raise WorkdirError(f"cannot create the workdir {workdir}: {e.strerror} (errno "
+                           f"{e.errno}{', at ' + e.filename if e.filename else ''})") from None
 
 
 class FirstStart:
