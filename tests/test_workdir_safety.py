@@ -547,7 +547,7 @@ def test_a_failed_start_leaves_no_workdir_behind(tmp_path, compilation_cache):
     workdir = tmp_path / "new" / "run"
     with pytest.raises(FileNotFoundError):
         train_tiny(tiny(), workdir, data_fn=no_data)
-    assert not workdir.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent made for it
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "notes.txt").write_text("mine")
     with pytest.raises(FileNotFoundError):
@@ -659,3 +659,18 @@ def test_failure_line_names_a_missing_path_and_where_it_was_read(tmp_path):
         f"missing file: {tmp_path / 'weights.npz'} (No such file or directory, while in "
         f"read_weights (test_workdir_safety.py:{line}))")
     assert cli.failure_line(KeyError("a bug")) is None  # a bug keeps its traceback
+
+
+def test_a_config_files_traceback_in_a_flag_error_is_cut_to_its_last_line():
+    from absl import flags
+
+    from fsq_jax.train import cli
+
+    error = flags.IllegalFlagValueError(
+        "flag --config=c.py:fsq,huge: Error whilst parsing config file:\n\nTraceback (most "
+        "recent call last):\n  File \"c.py\", line 17, in get_config\n    arg = parse(arg)\n"
+        "ValueError: config arg 'fsq,huge': unknown preset 'huge'\n")
+    assert cli._flag_error_line(error) == (
+        "config error: --config=c.py:fsq,huge: config arg 'fsq,huge': unknown preset 'huge'")
+    assert cli._flag_error_line(flags.IllegalFlagValueError("flag --seed=x: not an int")) == (
+        "flag error: flag --seed=x: not an int")

@@ -214,8 +214,12 @@ def fail(line: str, error: BaseException) -> NoReturn:
 def _failures_in_one_line(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     @functools.wraps(main)
     def wrapped(argv: list[str]) -> None:
+        from fsq_jax.train.stopping import StopRequestedError
+
         try:
             main(argv)
+        except StopRequestedError as stopped:  # SIGTERM in work outside a training run's loop
+            print(f"stopped on request: {_one_line(stopped)}", file=sys.stderr)
         except Exception as error:
             line = failure_line(error)
             if line is None:

@@ -194,9 +194,9 @@ def make_workdir(workdir: str) -> None:
 
 
 class FirstStart:
-    """Removes what a start that was never accepted created: the workdir and its checkpoints/
-    directory, when they did not exist before and are empty again (a refused run must not leave
-    a half-made workdir that looks like a run).
+    """Removes what a start that was never accepted created: the workdir (and the parents made
+    for it) and its checkpoints/ directory, when they did not exist before and are empty again
+    (a refused run must not leave a half-made workdir that looks like a run).
 
         with FirstStart(workdir) as start:
             ...  # take the lock, restore or initialise
@@ -204,8 +204,12 @@ class FirstStart:
     """
 
     def __init__(self, workdir: str):
-        self.paths = [os.path.join(workdir, run_dir.CHECKPOINT_DIR), workdir]  # inner first
-        self._new = [p for p in self.paths if not os.path.exists(p)]
+        paths = [os.path.join(workdir, run_dir.CHECKPOINT_DIR)]  # innermost first
+        path = os.path.abspath(workdir)
+        while path != os.path.dirname(path) and not os.path.exists(path):
+            paths.append(path)  # the workdir and the parents made for it
+            path = os.path.dirname(path)
+        self._new = [p for p in paths if not os.path.exists(p)]
         self.accepted = False
 
     def accept(self) -> None:
