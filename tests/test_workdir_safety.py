@@ -316,6 +316,7 @@ def test_all_steps_corrupt_refuses_on_every_rerun_and_keeps_the_history(tmp_path
         flip_one_bit(workdir / "checkpoints" / str(step))
     config_before = (workdir / "config.json").read_text()
     rows_before = metrics_steps(workdir)
+    run = (*run, "--config.total_steps=6")  # train on (the same command is a no-op: finished)
     first = run_script("train.py", workdir, cache, *run)
     assert first.returncode == 1
     assert last_line(first).startswith(f"cannot resume: no usable checkpoint in "
