@@ -160,10 +160,10 @@ def build(directory: str, data_config: ml_collections.ConfigDict,
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     staging = f"{os.path.abspath(directory)}{_PARTIAL}{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     written = _adopt_orphan(directory, staging, meta, total, log)
     mode = "r+" if written else "w+"
     if not written:
+        shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
     try:
         tokens = np.lib.format.open_memmap(os.path.join(staging, TOKENS_FILE), mode=mode,
@@ -237,8 +237,9 @@ def _pid_running(pid: int) -> bool:
 
 def _orphans(directory: str) -> list[tuple[str, dict[str, Any] | None]]:
     """(path, progress record or None) of the staging directories of `directory` that a build
-    on this host left behind when it died; staging directories of live builds and of other
-    hosts (which this host cannot judge) are not listed."""
+    on this host left behind when it died or stopped (this process's own included); staging
+    directories of live builds and of other hosts (which this host cannot judge) are not
+    listed."""
     parent, base = os.path.split(os.path.abspath(directory))
     found = []
     for name in sorted(os.listdir(parent)):
@@ -252,7 +253,8 @@ def _orphans(directory: str) -> list[tuple[str, dict[str, Any] | None]]:
         except (OSError, ValueError):
             record = None
         host = record.get("host") if isinstance(record, dict) else None
-        if host not in (None, socket.gethostname()) or _pid_running(int(pid)):
+        if host not in (None, socket.gethostname()) or (
+                int(pid) != os.getpid() and _pid_running(int(pid))):
             continue
         found.append((path, record if isinstance(record, dict) else None))
     return found
@@ -279,7 +281,10 @@ def _adopt_orphan(directory: str, staging: str, meta: Mapping[str, Any], total: 
     if not candidates:
         return 0
     written, path = candidates[0]
-    os.rename(path, staging)
+    try:
+        os.rename(path, staging)
+    except FileNotFoundError:  # another build on this host adopted it first
+        return 0
     log(f"token cache: continuing the build in {path} at {written}/{total} images")
     return written
 

@@ -163,8 +163,8 @@ def _tokenize(images):
     return (images.astype(np.int64).sum(axis=(1, 2, 3)) % CODES).reshape(-1, 1, 1)
 
 
-def _stopped_build(directory, config, meta, stop_at_call=3):
-    """A build that receives SIGTERM while tokenising batch `stop_at_call`."""
+def _stopped_build(directory, config, meta, stop_at_call=3, stopped_at=24):
+    """A build that receives SIGTERM while tokenising batch `stop_at_call` (of 8 images)."""
     calls = []
 
     def tokenize(images):
@@ -173,7 +173,8 @@ def _stopped_build(directory, config, meta, stop_at_call=3):
             os.kill(os.getpid(), signal.SIGTERM)
         return _tokenize(images)
 
-    with pytest.raises(StopRequestedError, match=r"stopped on request at 24/80 images; kept in"):
+    with pytest.raises(StopRequestedError,
+                       match=rf"stopped on request at {stopped_at}/80 images; kept in"):
         token_cache.build(str(directory), config, tokenize, meta, batch_size=8, log=lambda _: 0)
     return calls
 
@@ -189,6 +190,8 @@ def test_a_build_stopped_by_sigterm_continues_to_the_same_cache(tmp_path):
     staging = tmp_path / f"cache.partial-{os.getpid()}"
     progress = json.loads((staging / token_cache.PROGRESS_FILE).read_text())
     assert progress["written"] == 24 and progress["total"] == 80
+    # Continued in this process, and stopped again.
+    assert _stopped_build(cache, config, meta, stop_at_call=2, stopped_at=40) == [8, 8]
     # The next build (as after a kill: the staging directory of a dead process) continues.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -198,8 +201,8 @@ def test_a_build_stopped_by_sigterm_continues_to_the_same_cache(tmp_path):
                                lambda images: tokenized.append(len(images)) or _tokenize(images),
                                meta, 8, log=lines.append)
     assert lines[0] == (f"token cache: continuing the build in "
-                        f"{tmp_path / f'cache.partial-{dead.pid}'} at 24/80 images")
-    assert sum(tokenized) == 56  # only what was missing
+                        f"{tmp_path / f'cache.partial-{dead.pid}'} at 40/80 images")
+    assert sum(tokenized) == 40  # only what was missing
     assert len(source) == len(reference) == 80
     for index in range(80):
         assert source[index]["tokens"] == reference[index]["tokens"]
