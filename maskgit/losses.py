@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fsq_jax.config_lib import require
+from fsq_jax.config_lib import ConfigError, require
 from fsq_jax.train import npz_init
 
 PERCEPTUAL_NETWORKS = ("none", "inception", "lpips_vgg", "resnet50")
@@ -322,7 +322,7 @@ def _inception_network() -> tuple[PerceptualNetwork, Any]:
     try:
         model, variables = inception.load()
     except FileNotFoundError as error:
-        raise ValueError(
+        raise ConfigError(
             "loss.perceptual_network = 'inception': the FID InceptionV3 weights are not in the "
             "cache; run `make inception` once (offline afterwards) or set "
             f"loss.perceptual_network = 'none' ({error})"
@@ -353,7 +353,7 @@ def load_perceptual(config: ml_collections.ConfigDict) -> tuple[PerceptualNetwor
         raise ValueError(f"loss.perceptual_network = {name!r}: one of {PERCEPTUAL_NETWORKS}")
     path = config.perceptual_weights
     if not path or not os.path.exists(path):
-        raise ValueError(
+        raise ConfigError(
             f"loss.perceptual_weights = {path!r}: loss.perceptual_network = {name!r} needs its "
             "pretrained weights as a local .npz (they are never downloaded); set the path or use "
             "loss.perceptual_network = 'none'"

@@ -177,7 +177,9 @@ def test_folder_layout_labels_and_splits(tmp_path):
     assert all(source[i]["image"].shape[-1] == 3 for i in range(5))
     config = data.default_config()
     config.source = f"folder:{root}"
-    assert data.num_classes(config) == 2 and data.num_examples(config, "validation") == 5
+    assert data.num_classes(config) == 2 and data.num_examples(config, "train") == 5
+    with pytest.raises(folder.FolderLayoutError, match=r"no validation/ \(or val/\) subfolder"):
+        data.num_examples(config, "validation")  # never the training images
     # Split subfolders are used when present; loose images get label 0.
     (tmp_path / "split" / "val").mkdir(parents=True)
     (tmp_path / "split" / "train").mkdir(parents=True)
@@ -224,7 +226,7 @@ def test_corrupt_file_fails_naming_its_path(tmp_path):
     config = data.default_config()
     config.source = f"folder:{root}"
     config.image_size = 8
-    batches = data.build(config, "validation", 6, num_epochs=1)
+    batches = data.build(config, "train", 6, num_epochs=1, shuffle=False)
     with pytest.raises(data.CorruptImageError, match=r"broken\.png.*on_corrupt='skip'"):
         next(batches)
 
@@ -245,5 +247,5 @@ def test_corrupt_file_is_skipped_and_reported(tmp_path, caplog):
     config.source = f"folder:{root}"
     config.image_size = 8
     config.on_corrupt = "skip"
-    batches = list(data.build(config, "validation", 3, num_epochs=1))
+    batches = list(data.build(config, "train", 3, num_epochs=1, shuffle=False))
     assert len(batches) == 2 and all(b["image"].shape == (3, 8, 8, 3) for b in batches)

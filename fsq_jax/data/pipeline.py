@@ -76,7 +76,8 @@ def open_source(config: Any, split: str) -> Any:
     if kind == "tfds":
         return tfds_sources.TfdsSource(argument, split, _field(config, "tfds_data_dir"),
                                        skip=_field(config, "train_skip") if split == "train" else 0)
-    return folder.FolderSource(argument, split, _field(config, "on_corrupt"))
+    return folder.FolderSource(argument, split, _field(config, "on_corrupt"),
+                               _field(config, "max_pixels"), _field(config, "folder_holdout"))
 
 
 def num_examples(config: Any, split: str) -> int:
