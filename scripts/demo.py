@@ -2,10 +2,13 @@
 
 Trains the tiny FSQ and VQ tokenizers and a tiny MaskGIT transformer on each, evaluates them
 (sampling FID, precision, recall, reconstruction FID, codebook usage) and writes
-`<workdir>/report.md` with the paper's MaskGIT table beside ours, plus pictures. Finished stages
-are reused on a re-run; `--restart` starts over.
+`<workdir>/report.md` (headline numbers against their targets, the paper's MaskGIT table beside
+ours, each stage's time, pictures) and `<workdir>/report.json` (`{"floor_fid", "fsq": {"psnr",
+"reconstruction_fid", "sampling_fid", "precision", "recall", "usage", "std", ...}, "vq": ...}`).
+Finished stages are reused on a re-run; `--restart` starts over; `--seeds 3` trains each
+quantizer with three seeds and reports the mean and spread.
 
-    python scripts/demo.py --workdir runs/demo [--restart] [--tokenizer_steps N] ...
+    python scripts/demo.py --workdir runs/demo [--restart] [--seeds N] [--tokenizer_steps N] ...
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ _TOKENIZER_STEPS = flags.DEFINE_integer("tokenizer_steps", 1000, "Stage-I traini
 _TRANSFORMER_STEPS = flags.DEFINE_integer("transformer_steps", 1200, "Stage-II training steps.")
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 256, "Images per FID / usage evaluation.")
 _QUANTIZERS = flags.DEFINE_list("quantizers", ["fsq", "vq"], "Quantizers to compare.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Training seeds per quantizer (the report gives the "
+                              "mean and spread over them; the data stay the same).")
 
 
 def demo_overrides(stage: str, steps: int, eval_images: int, out_dir: str) -> dict:
@@ -78,6 +83,11 @@ def real_images_baseline(config, workdir: str, restart: bool) -> dict[str, float
     return baseline
 
 
+def seed_dir(workdir: str, name: str, seed: int) -> str:
+    """Where one quantizer's runs of one training seed go (seed 0 directly in `<name>/`)."""
+    return os.path.join(workdir, name if seed == 0 else f"{name}_seed{seed}")
+
+
 def main(argv: list[str]) -> None:
     cli.start(argv)
     from fsq_jax import config_lib, quantizers
@@ -86,50 +96,51 @@ def main(argv: list[str]) -> None:
 
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
+    started = time.time()
     ensure_inception_weights()
+    setup_seconds = time.time() - started
 
-    # Training times survive a re-run that reuses the finished stages.
-    timings_path = os.path.join(workdir, "timings.json")
-    stored_timings = {}
-    if os.path.isfile(timings_path) and not _RESTART.value:
-        with open(timings_path) as f:
-            stored_timings = json.load(f)
-    runs, timings, sizes = {}, {}, {}
+    runs_by_seed: dict[str, list] = {}
+    sizes = {}
     for name in _QUANTIZERS.value:
-        run_dir = os.path.join(workdir, name)
-        tokenizer_config, transformer_config = pipeline.configs_for(name, "tiny")
-        for config, stage, steps in ((tokenizer_config, "tokenizer", _TOKENIZER_STEPS.value),
-                                     (transformer_config, "transformer",
-                                      _TRANSFORMER_STEPS.value)):
-            out_dir = os.path.join(run_dir, stage, "evaluation")
-            for key, value in demo_overrides(stage, steps, _EVAL_IMAGES.value, out_dir).items():
-                config_lib.set_field(config, key, value)
-        label = f"{name} (both stages, with evaluation)"
-        start = time.time()
-        print(f"\n=== {name.upper()}: tokenizer, then transformer, in {run_dir}", flush=True)
-        run = pipeline.run_maskgit(tokenizer_config, transformer_config, run_dir,
-                                   restart=_RESTART.value)
-        if run.reused and label in stored_timings:
-            timings[label] = stored_timings[label]
-        else:
-            timings[label] = time.time() - start
-        with open(timings_path, "w") as f:
-            json.dump({**stored_timings, **timings}, f, indent=2)
-        sizes[name] = quantizers.codebook_size(tokenizer_config.quantizer)
-        runs[name] = demo.QuantizerRuns(
-            tokenizer=demo.StageRun(run.tokenizer_dir,
-                                    f"configs/maskgit/tokenizer.py:{name},tiny",
-                                    run.tokenizer_results),
-            transformer=demo.StageRun(run.transformer_dir,
-                                      f"configs/maskgit/transformer.py:{name},tiny",
-                                      run.transformer_results),
-        )
+        for seed in range(_SEEDS.value):
+            run_dir = seed_dir(workdir, name, seed)
+            tokenizer_config, transformer_config = pipeline.configs_for(name, "tiny")
+            for config, stage, steps in ((tokenizer_config, "tokenizer", _TOKENIZER_STEPS.value),
+                                         (transformer_config, "transformer",
+                                          _TRANSFORMER_STEPS.value)):
+                out_dir = os.path.join(run_dir, stage, "evaluation")
+                overrides = demo_overrides(stage, steps, _EVAL_IMAGES.value, out_dir)
+                for key, value in overrides.items():
+                    config_lib.set_field(config, key, value)
+                config.seed = int(config.seed) + seed  # initialisation, dropout, data order
+            print(f"\n=== {name.upper()} seed {seed}: tokenizer, then transformer, in {run_dir}",
+                  flush=True)
+            run = pipeline.run_maskgit(tokenizer_config, transformer_config, run_dir,
+                                       restart=_RESTART.value)
+            sizes[name] = quantizers.codebook_size(tokenizer_config.quantizer)
+            runs_by_seed.setdefault(name, []).append(demo.QuantizerRuns(
+                tokenizer=demo.StageRun(run.tokenizer_dir,
+                                        f"configs/maskgit/tokenizer.py:{name},tiny",
+                                        run.tokenizer_results),
+                transformer=demo.StageRun(run.transformer_dir,
+                                          f"configs/maskgit/transformer.py:{name},tiny",
+                                          run.transformer_results),
+            ))
 
+    started = time.time()
     baseline = real_images_baseline(transformer_config, workdir, _RESTART.value)
+    floor_seconds = time.time() - started
+    runs = {name: seeds[0] for name, seeds in runs_by_seed.items()}
+    headline = demo.summary(runs_by_seed, baseline)
     pictures = demo.collect_pictures(runs, workdir)
     curve_pictures = demo.training_curves(runs, workdir)
-    report = demo.render(runs, pictures, timings, codebook_sizes=sizes, baseline=baseline,
-                         curve_pictures=curve_pictures)
+    extra = {"Inception weights (conversion, once)": setup_seconds,
+             "real-images floor": floor_seconds}
+    report = demo.render(runs, pictures, extra, codebook_sizes=sizes, baseline=baseline,
+                         curve_pictures=curve_pictures, headline=headline)
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(headline, f, indent=2)
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write(report)

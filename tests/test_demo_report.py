@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fsq_jax.reporting import demo
@@ -142,3 +143,49 @@ def test_training_curves_put_both_quantizers_on_the_same_axes(tmp_path):
     assert "### Training curves" in report
     assert ("![tokenizer: training metrics (FSQ, VQ)](tokenizer_curves_train.png)"
             in report)
+
+
+def _with_results(run: demo.StageRun, **changes) -> demo.StageRun:
+    results = {**run.results}
+    for section, values in changes.items():
+        results[section] = {**results.get(section, {}), **values}
+    return demo.StageRun(run.workdir, run.config, results)
+
+
+def test_summary_is_report_json_with_mean_and_spread_over_seeds(tmp_path):
+    first = _runs(str(tmp_path / "a"))
+    second = _runs(str(tmp_path / "b"))
+    seconds = {"total": 100.0, "training": 60.0, "compilation": 10.0, "eval": 25.0,
+               "images": 3.0, "checkpoint": 2.0}
+    second["fsq"] = demo.QuantizerRuns(
+        tokenizer=_with_results(second["fsq"].tokenizer, eval={"eval/psnr": 27.482},
+                                seconds=seconds),
+        transformer=_with_results(second["fsq"].transformer,
+                                  evaluators={"sampling/fid": 81.25}))
+    baseline = {"num_images": 256, "fid": 40.0, "precision": 0.75, "recall": 0.6875}
+    report = demo.summary({"fsq": [first["fsq"], second["fsq"]], "vq": [first["vq"]]}, baseline)
+    assert report["floor_fid"] == 40.0
+    fsq, vq = report["fsq"], report["vq"]
+    assert fsq["seeds"] == 2 and vq["seeds"] == 1
+    assert fsq["psnr"] == pytest.approx(26.482)
+    assert fsq["std"]["psnr"] == pytest.approx(np.sqrt(2.0))  # (25.482, 27.482), ddof 1
+    assert fsq["sampling_fid"] == pytest.approx(71.25)
+    assert fsq["reconstruction_fid"] == pytest.approx(30.625)
+    assert fsq["usage"] == pytest.approx(0.984) and fsq["precision"] == 0.5
+    assert fsq["recall"] == 0.25
+    assert vq["std"]["sampling_fid"] == 0.0 and vq["sampling_fid"] == 97.5
+    assert [row["psnr"] for row in fsq["per_seed"]] == [25.482, 27.482]
+    # Only the second seed recorded its times: training includes compilation.
+    assert fsq["seconds"] == {"tokenizer training": 70.0, "tokenizer evaluation": 25.0,
+                              "tokenizer pictures and checkpoints": 5.0}
+    json.dumps(report)  # report.json is plain JSON
+
+    table = demo.headline_table(report)
+    fsq_row = next(x for x in table.splitlines() if x.startswith("| FSQ |"))
+    assert fsq_row == ("| FSQ | 26.48 ± 1.41 | 30.6 ± 0.0 | 71.2 ± 14.1 | 0.500 ± 0.000 | "
+                       "0.250 ± 0.000 | 98.4% ± 0.0 |")
+    assert "| target | ≥ 28 | ≤ 80.0 (2x floor) | ≤ 120.0 (3x floor) | ≥ 0.3 | ≥ 0.2 | — |" in table
+    assert "over 2 training seeds; real-images floor FID 40.0" in table
+    rendered = demo.render({"fsq": first["fsq"], "vq": first["vq"]}, {}, {"floor": 12.0},
+                           baseline=baseline, headline=report)
+    assert "| FSQ tokenizer evaluation | 25 |" in rendered and "| floor | 12 |" in rendered

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from subprocess_lines import read_until
 
 from fsq_jax import data
 from fsq_jax.data import folder
@@ -272,18 +273,6 @@ def start_train(workdir, cache, *overrides, config=CONFIG):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def read_until(process, predicate, timeout=300):
-    lines = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if predicate(line):
-            return lines
-    process.kill()
-    raise AssertionError("".join(lines[-30:]))
 
 
 def committed_steps(workdir):

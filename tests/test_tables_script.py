@@ -168,7 +168,7 @@ def test_dataset_labels(source, label):
 def test_a_run_evaluated_before_it_finished_is_read_from_evaluation_json(tmp_path):
     """scripts/evaluate.py leaves the training run's results.json alone and writes
     evaluation.json; a run without results.json is read from it, results.json wins otherwise."""
-    config = {"task": "uvim.tasks:Stage2Task", "dense_task": {"name": "depth"}}
+    config = {"task": "uvim.tasks:Stage2Task", "output": {"name": "depth"}}
     _write_run(str(tmp_path / "finished"), config, {"step": 9})
     with open(tmp_path / "finished" / "evaluation.json", "w") as f:
         json.dump({"step": 5}, f)

@@ -136,7 +136,13 @@ def test_outputs_of_a_run(reference_run):
     assert {"train/loss", "eval/mse", "steps_per_sec", "reconstructions"} <= tags
     image = np.asarray(Image.open(workdir / "images" / "reconstructions_00000008.png"))
     assert image.dtype == np.uint8 and image.shape == (32, 16 * 8, 3)
-    assert json.loads((workdir / "results.json").read_text())["step"] == 8
+    stored = json.loads((workdir / "results.json").read_text())
+    assert stored["step"] == 8
+    # Where the wall time went: every timed part, the rest is training.
+    seconds = stored["seconds"]
+    assert {"total", "training", "eval", "images", "checkpoint", "compilation"} <= set(seconds)
+    assert seconds["eval"] > 0 and seconds["compilation"] > 0
+    assert sum(v for k, v in seconds.items() if k != "total") == pytest.approx(seconds["total"])
     assert json.loads((workdir / "config.json").read_text())["total_steps"] == 8
     assert Checkpointer(str(workdir / "checkpoints")).all_steps() == [4, 8]
     tree = saved(workdir)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from subprocess_lines import read_until
 
 from fsq_jax import train
 from fsq_jax.train import workdir as workdir_lib
@@ -227,18 +228,6 @@ def start(workdir, cache_dir, *overrides):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def read_until(process, predicate, timeout=300):
-    lines = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if predicate(line):
-            return lines
-    process.kill()
-    raise AssertionError("".join(lines[-30:]))
 
 
 def committed_steps(workdir):

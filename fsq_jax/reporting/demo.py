@@ -10,8 +10,11 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from fsq_jax.reporting import collect, curves, tables
 
@@ -162,9 +165,11 @@ def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
            timings: Mapping[str, float] | None = None,
            codebook_sizes: Mapping[str, int] | None = None,
            baseline: Mapping[str, float] | None = None,
-           curve_pictures: Mapping[str, str] | None = None) -> str:
+           curve_pictures: Mapping[str, str] | None = None,
+           headline: Mapping[str, Any] | None = None) -> str:
     """The whole report as markdown; `baseline` is `real_images_baseline`'s result plus
-    `num_images`; `curve_pictures` is `training_curves`' result."""
+    `num_images`; `curve_pictures` is `training_curves`' result; `headline` is `summary`'s
+    (report.json), whose per-stage times replace `timings` but for its extra rows."""
     parts = [
         "# fsq-jax demo: FSQ vs VQ in MaskGIT on the procedural scenes",
         "",
@@ -173,13 +178,16 @@ def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
         "ImageNet 256x256 after 1M + 2.5M steps on TPUs; ours are the tiny CPU presets, so "
         "compare the FSQ/VQ gap and the codebook usage, not the absolute FID.",
         "",
+        *(["### Headline", "", headline_table(headline)] if headline else []),
         tables.maskgit_table(maskgit_rows(runs), title="MaskGIT (stage II) — paper layout"),
         *([baseline_sentence(baseline)] if baseline else []),
         "### Tokenizers (stage I)",
         "",
         tokenizer_table(runs, codebook_sizes),
     ]
-    if timings:
+    if headline:
+        parts += ["### Time", "", times_table(headline, timings)]
+    elif timings:
         parts += ["### Time", "", "| stage | seconds |", "|---|---|"]
         parts += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
         parts.append("")
@@ -193,3 +201,122 @@ def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
         parts += [f"**{title}**\n\n![{title}]({path})\n"
                   for title, path in curve_pictures.items()]
     return "\n".join(parts)
+
+
+# The headline numbers of each quantizer (report.json keys -> where each run stored them).
+HEADLINE_METRICS = {
+    "psnr": ("tokenizer", "eval", "eval/psnr"),
+    "reconstruction_fid": ("tokenizer", "evaluators", "reconstruction/fid"),
+    "usage": ("tokenizer", "evaluators", "codebook/usage"),
+    "sampling_fid": ("transformer", "evaluators", "sampling/fid"),
+    "precision": ("transformer", "evaluators", "sampling/precision"),
+    "recall": ("transformer", "evaluators", "sampling/recall"),
+}
+# What the demo aims for (README): PSNR in dB, FIDs as multiples of the real-images floor.
+TARGETS = {"psnr": 28.0, "reconstruction_fid": 2.0, "sampling_fid": 3.0, "precision": 0.3,
+           "recall": 0.2}
+
+
+def headline_value(run: QuantizerRuns, metric: str) -> float | None:
+    """One `HEADLINE_METRICS` value of one run (None when the run did not measure it)."""
+    stage, section, key = HEADLINE_METRICS[metric]
+    value = getattr(run, stage).results.get(section, {}).get(key)
+    return None if value is None else float(value)
+
+
+def stage_seconds(run: QuantizerRuns) -> dict[str, float]:
+    """Wall seconds per stage and part (`tokenizer training`, `tokenizer evaluation`, ...) from
+    the `seconds` record of each stage's results.json (absent from older runs)."""
+    out = {}
+    for stage in ("tokenizer", "transformer"):
+        seconds = getattr(run, stage).results.get("seconds", {})
+        if not seconds:
+            continue
+        out[f"{stage} training"] = seconds.get("training", 0.0) + seconds.get("compilation", 0.0)
+        out[f"{stage} evaluation"] = seconds.get("eval", 0.0)
+        out[f"{stage} pictures and checkpoints"] = (seconds.get("images", 0.0)
+                                                    + seconds.get("checkpoint", 0.0))
+    return out
+
+
+def summary(runs_by_seed: Mapping[str, Sequence[QuantizerRuns]],
+            baseline: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """`report.json`: `{"floor_fid", "floor": {...}, "<quantizer>": {metric: mean over seeds,
+    "std": {metric: spread}, "seeds": n, "per_seed": [{metric: value}], "seconds": {...}}}`.
+
+    Fractions (usage, precision, recall) are 0..1; the spread is the sample standard deviation
+    (ddof 1; 0 with one seed)."""
+    out: dict[str, Any] = {}
+    if baseline:
+        out["floor_fid"] = baseline.get("fid")
+        out["floor"] = {k: v for k, v in baseline.items()}
+    for name, runs in runs_by_seed.items():
+        per_seed = [{metric: headline_value(run, metric) for metric in HEADLINE_METRICS}
+                    for run in runs]
+        entry: dict[str, Any] = {"seeds": len(runs), "std": {}, "per_seed": per_seed}
+        for metric in HEADLINE_METRICS:
+            values = [row[metric] for row in per_seed if row[metric] is not None]
+            entry[metric] = float(np.mean(values)) if values else None
+            entry["std"][metric] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        seconds = [stage_seconds(run) for run in runs]
+        parts = dict.fromkeys(part for times in seconds for part in times)
+        entry["seconds"] = {part: float(np.mean([times[part] for times in seconds
+                                                 if part in times])) for part in parts}
+        out[name] = entry
+    return out
+
+
+def _with_spread(entry: Mapping[str, Any], metric: str, kind: str) -> str:
+    value = entry.get(metric)
+    if value is None:
+        return "—"
+    scale = 100.0 if kind == "percent" else 1.0
+    digits = {"fid": 1, "psnr": 2, "fraction": 3, "percent": 1}[kind]
+    text = f"{value * scale:.{digits}f}" + ("%" if kind == "percent" else "")
+    if entry.get("seeds", 1) > 1:
+        text += f" ± {entry['std'][metric] * scale:.{digits}f}"
+    return text
+
+
+def headline_table(report: Mapping[str, Any]) -> str:
+    """The demo's headline rows (mean ± spread over seeds) with each target beside them."""
+    floor = report.get("floor_fid")
+    seeds = max((entry.get("seeds", 1) for entry in report.values()
+                 if isinstance(entry, Mapping) and "seeds" in entry), default=1)
+    lines = [
+        "| quantizer | PSNR (dB) | reconstruction FID | sampling FID | precision | recall | "
+        "usage |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in report.items():
+        if not isinstance(entry, Mapping) or "seeds" not in entry:
+            continue
+        lines.append(
+            f"| {QUANTIZER_LABELS.get(name, name)} | {_with_spread(entry, 'psnr', 'psnr')} | "
+            f"{_with_spread(entry, 'reconstruction_fid', 'fid')} | "
+            f"{_with_spread(entry, 'sampling_fid', 'fid')} | "
+            f"{_with_spread(entry, 'precision', 'fraction')} | "
+            f"{_with_spread(entry, 'recall', 'fraction')} | "
+            f"{_with_spread(entry, 'usage', 'percent')} |")
+    if floor is not None:
+        lines.append(
+            f"| target | ≥ {TARGETS['psnr']:.0f} | ≤ {TARGETS['reconstruction_fid'] * floor:.1f} "
+            f"(2x floor) | ≤ {TARGETS['sampling_fid'] * floor:.1f} (3x floor) | "
+            f"≥ {TARGETS['precision']} | ≥ {TARGETS['recall']} | — |")
+    spread = (f"mean ± standard deviation over {seeds} training seeds" if seeds > 1
+              else "one training seed (`--seeds 3` adds the spread)")
+    floor_text = "" if floor is None else f"; real-images floor FID {floor:.1f}"
+    return "\n".join(lines) + f"\n\n*{spread}{floor_text}.*\n"
+
+
+def times_table(report: Mapping[str, Any], extra: Mapping[str, float] | None = None) -> str:
+    """Wall seconds of every stage (mean over seeds) and of the rest of the demo."""
+    lines = ["| stage | seconds |", "|---|---|"]
+    for name, entry in report.items():
+        if not isinstance(entry, Mapping) or "seconds" not in entry:
+            continue
+        label = QUANTIZER_LABELS.get(name, name)
+        lines += [f"| {label} {part} | {seconds:.0f} |"
+                  for part, seconds in entry["seconds"].items()]
+    lines += [f"| {part} | {seconds:.0f} |" for part, seconds in (extra or {}).items()]
+    return "\n".join(lines) + "\n"

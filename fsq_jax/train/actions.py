@@ -8,6 +8,7 @@ checkpoints each trigger every N steps and at the last step.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -70,6 +71,13 @@ def _report_progress_class() -> type:
         def excluded(self) -> float:
             """Seconds spent in timed parts so far."""
             return sum(self._time_per_part.values())
+
+        def seconds(self) -> dict[str, float]:
+            """Wall seconds of this process's share of the run: `total`, each timed part
+            (`eval`, `images`, `checkpoint`, `compilation`) and `training` (the rest)."""
+            parts = {name: float(dt) for name, dt in sorted(self._time_per_part.items())}
+            total = time.monotonic() - self._t0
+            return {"total": total, "training": total - sum(parts.values()), **parts}
 
         def _apply(self, step: int, t: float) -> None:
             timed = self.excluded()

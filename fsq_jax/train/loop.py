@@ -465,7 +465,8 @@ def _train(run: _RunContext, state: Any, start_step: int, counters: Mapping[str,
         except StopRequestedError:
             return {**results, "preempted": True}
     results.update(step=step, skipped_updates=window.skipped,
-                   skipped_images=folder.skip_report(config.data.source))
+                   skipped_images=folder.skip_report(config.data.source),
+                   seconds=progress.seconds())
     if jax.process_index() == 0:
         run_dir.write_json(os.path.join(run.workdir, run_dir.RESULTS_FILE), results)
     return results

@@ -1,0 +1,24 @@
+"""Reading a training subprocess's output line by line, for the tests that signal or kill it."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def read_until(process: subprocess.Popen, predicate: Callable[[str], bool],
+               timeout: float = 300) -> list[str]:
+    """The lines `process` printed up to the first one `predicate` accepts; kills the process
+    and fails with its last lines if it ends or `timeout` seconds pass first."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if predicate(line):
+            return lines
+    process.kill()
+    raise AssertionError("".join(lines[-30:]))
