@@ -42,11 +42,13 @@ Transformer (maskgit `nets/maskgit_transformer.py` Transformer) -> `MaskedTransf
 
 Vocabulary (K codes, C classes; maskgit `inference.py` and `configs/maskgit_class_cond_config.py`):
 the official ids are codes 0..K-1, class c = K + c, and [MASK] = -1, which `nn.Embed`'s
-`jnp.take` wraps to the last row K + C (V = K + C + 1 = 2025). Ours are codes 0..K-1, [MASK] = K,
-class c = K + 1 + c, and a null class K + 1 + C for guidance, which the published model never
-learnt: it gets the [MASK] row (unused at guidance scale 0, the published model's setting). The
-official head scores all V ids and inference keeps `logits[..., :K]`; ours scores the K codes
-with the same weights (the tied code rows and the first K biases).
+`jnp.take` wraps to the last row K + C (V = K + C + 1 = 2025). Ours are codes 0..K-1, [MASK] = K
+and class c = K + 1 + c (`maskgit.transformer.vocab_size`: also K + 1 + C rows, the same content
+in another order). The unconditional input of guidance is [MASK] in the class position (FSQ
+Sec. 4.3), so it reads the published [MASK] row; the published model never learnt it there (no
+label dropout), which is why the `official` preset samples at guidance scale 0. The official head
+scores all V ids and inference keeps `logits[..., :K]`; ours scores the K codes with the same
+weights (the tied code rows and the first K biases).
 """
 
 from __future__ import annotations
@@ -225,16 +227,22 @@ def official_vocab_size(codebook_size: int, num_classes: int) -> int:
 def vocabulary_rows(codebook_size: int, num_classes: int, vocab_size: int) -> np.ndarray:
     """int [vocab_size]: for each of our token ids, the official embedding row it takes.
 
-    Codes keep their id, each class c takes row K + c, our [MASK] takes the official [MASK] row
-    (the last, id -1), and every other id of ours (the null class) takes the [MASK] row too.
+    Codes keep their id, each class c takes row K + c and our [MASK] the official [MASK] row (the
+    last, id -1). CheckpointMismatchError when our vocabulary has ids that are none of these (a
+    layout this table does not know).
     """
     mask_row = official_vocab_size(codebook_size, num_classes) - 1
-    rows = np.full((vocab_size,), mask_row, np.int64)
+    rows = np.full((vocab_size,), -1, np.int64)
     rows[:codebook_size] = np.arange(codebook_size)
     rows[transformer_lib.mask_token_id(codebook_size)] = mask_row
     labels = np.arange(num_classes)
     rows[np.asarray(transformer_lib.class_token_id(labels, codebook_size))] = (
         codebook_size + labels)
+    unfilled = np.flatnonzero(rows < 0)
+    if unfilled.size:
+        raise CheckpointMismatchError(
+            f"our transformer vocabulary has {vocab_size} ids; ids {unfilled.tolist()} are no "
+            f"code, class or [MASK] of the published {mask_row + 1}-id vocabulary")
     return rows
 
 

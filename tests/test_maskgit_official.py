@@ -23,8 +23,10 @@ import pytest
 from flax import serialization, traverse_util
 
 from fsq_jax import config_lib, quantizers, run_dir, train
+from fsq_jax.train import resume
 from fsq_jax.train.npz_init import CheckpointMismatchError
-from maskgit import official, tasks, tokenizer, transformer
+from maskgit import api as maskgit_api
+from maskgit import masking, official, tasks, tokenizer, transformer
 
 # Small widths, official structure: GroupNorm keeps MaskGIT's 32 groups, so every width is a
 # multiple of 32; 16x16 images and three levels give 4x4 tokens.
@@ -349,7 +351,15 @@ def test_vocabulary_rows_follow_the_official_ids():
     np.testing.assert_array_equal(rows[:CODES], np.arange(CODES))
     for label in (0, 3, CLASSES - 1):
         assert rows[int(transformer.class_token_id(np.int32(label), CODES))] == CODES + label
-    assert rows[int(transformer.class_token_id(np.int32(CLASSES), CODES))] == mask_row  # null
+    # The unconditional input of guidance is [MASK] in the class position: the published row.
+    assert rows[int(transformer.class_token_id(np.int32(masking.UNCONDITIONAL), CODES))] == (
+        mask_row)
+    # Both vocabularies are codes + classes + [MASK]: the same rows in another order.
+    assert transformer.vocab_size(CODES, CLASSES) == official.official_vocab_size(CODES, CLASSES)
+    np.testing.assert_array_equal(np.sort(rows), np.arange(CODES + CLASSES + 1))
+    extra = CODES + CLASSES + 1
+    with pytest.raises(CheckpointMismatchError, match=rf"ids \[{extra}\] are no code, class"):
+        official.vocabulary_rows(CODES, CLASSES, CODES + CLASSES + 2)
 
 
 def test_transformer_conversion_copies_every_leaf_bit_for_bit(reference, files):
@@ -449,6 +459,12 @@ def test_converted_transformer_computes_the_reference_logits(reference, files):
     np.testing.assert_allclose(
         _np_official_transformer(_flat(reference["tr_params"]), official_ids, LAYERS),
         ref[:, 1:, :CODES], atol=2e-4, rtol=2e-4)
+    # Our unconditional input ([MASK] as the class token) is the official model fed its [MASK]
+    # id -1 in the class position.
+    official_ids[:, 0] = -1
+    ref = reference["net"].apply({"params": reference["tr_params"]}, jnp.asarray(official_ids))
+    got = net.apply({"params": params}, tokens, jnp.full((3,), masking.UNCONDITIONAL))
+    np.testing.assert_allclose(got, ref[:, 1:, :CODES], atol=2e-5, rtol=2e-5)
 
 
 # -- mismatches name the leaf ------------------------------------------------------------------
@@ -544,6 +560,46 @@ def test_write_runs_gives_workdirs_that_sample_like_the_reference(reference, fil
     config = run_dir.read_config(runs["tokenizer"])
     assert (config.model.shortcut, config.model.project_codes) == ("output", False)
     assert os.path.isdir(os.path.join(runs["tokenizer"], "checkpoints"))
+
+
+def test_converted_runs_are_read_by_the_api_and_accepted_as_written(reference, files, tmp_path):
+    """maskgit.api reads the converted tokenizer run as one of ours; rerunning either run with
+    its own config is no config change, and the transformer's config validates with the
+    converted tokenizer as its frozen stage."""
+    runs = official.write_runs(str(tmp_path / "out"), files["tokenizer"], tokenizer_config(),
+                               files["transformer"], transformer_config())
+    api = maskgit_api.Tokenizer.from_workdir(runs["tokenizer"])
+    images = np.random.default_rng(7).integers(0, 256, (3, IMAGE, IMAGE, 3), dtype=np.uint8)
+    ids = reference["vqvae"].apply({"params": reference["vq_params"]},
+                                   jnp.asarray(images, jnp.float32) / 255.0,
+                                   method=VQVAE.encode_ids)
+    assert len(np.unique(ids)) > 4
+    np.testing.assert_array_equal(api.encode(images), ids)
+    for run in runs.values():
+        config = run_dir.read_config(run)
+        assert resume.check_config(config, run) == {}
+        assert resume.finished_results(config, run) is None  # no results yet: evaluate it
+    config = train.validate(run_dir.read_config(runs["transformer"]))
+    assert config.tokenizer_workdir == os.path.abspath(runs["tokenizer"])
+
+
+@pytest.mark.slow
+def test_the_loop_trains_a_transformer_on_the_converted_tokenizer(files, tmp_path):
+    """The converted tokenizer as the frozen stage of a new stage-II run: validated, restored
+    and encoded through by the loop, like a tokenizer of ours."""
+    runs = official.write_runs(str(tmp_path / "out"), files["tokenizer"], tokenizer_config())
+    config = transformer_config()
+    config.tokenizer_workdir = runs["tokenizer"]
+    config.data.source = "scenes"  # no ImageNet here: the procedural scenes at 16x16
+    config.num_classes = 0  # the scenes' classes
+    config.update(total_steps=2, batch_size=8, eval_batch_size=8, eval_steps=1, log_every=1,
+                  eval_every=0, images_every=0, checkpoint_every=0)
+    config.evaluators.update(fid=False, num_images=8, batch_size=8)
+    config.sampling.num_steps = 2
+    workdir = str(tmp_path / "transformer")
+    results = train.train_and_evaluate(config, workdir)
+    assert results["step"] == 2
+    assert results["eval"] and all(np.isfinite(v) for v in results["eval"].values())
 
 
 @pytest.mark.slow

@@ -21,7 +21,9 @@ import pytest
 from flax import traverse_util
 
 from fsq_jax import config_lib, quantizers, run_dir, train
+from fsq_jax.train import resume
 from fsq_jax.train.npz_init import CheckpointMismatchError
+from uvim import api as uvim_api
 from uvim import official, stage1, stage2, tasks
 from uvim.outputs import build_output
 
@@ -299,11 +301,11 @@ def test_converted_stage1_computes_the_reference_function(panoptic_stage1):
 def test_stage1_mismatches_name_the_field_or_leaf(panoptic_stage1):
     path = panoptic_stage1[2]
     config = configs("panoptic")[0]
-    config.model.standardize_bottleneck = False
-    with pytest.raises(CheckpointMismatchError, match=r"model.standardize_bottleneck = False"):
+    config.quantizer.vq.standardize = False
+    with pytest.raises(CheckpointMismatchError, match=r"quantizer.vq.standardize = False"):
         official.load_stage1(path, config)
     config = configs("panoptic")[0]
-    config.output.max_instances = 100  # 101 instance channels; big_vision's file has 100
+    config.output.max_instances = 101  # 101 instance channels; big_vision's file has 100
     with pytest.raises(CheckpointMismatchError,
                        match=r"'embedding_instances/kernel' has shape \(100, 16, 32\), expected "
                              r"\(101, 16, 32\)"):
@@ -383,7 +385,7 @@ def test_write_runs_give_a_stage2_run_that_predicts(vtt_files, tmp_path):
     config1, config2 = configs("depth")
     runs = official.write_runs(str(tmp_path / "out"), stage1_path, config1, vtt_files[2],
                                config2)
-    config, restored = run_dir.restore_latest(runs["stage2"])
+    config, restored = train.restore_latest(runs["stage2"])
     assert config.stage1_workdir == str(tmp_path / "out" / "stage1")
     ours = official.load_stage2(vtt_files[2], config2.stage2, CODES, CODE_LEN)
     assert all(_bits_equal(a, b) for a, b in zip(jax.tree.leaves(ours),
@@ -397,6 +399,17 @@ def test_write_runs_give_a_stage2_run_that_predicts(vtt_files, tmp_path):
                                          jax.random.key(0))
     assert tokens.shape == (2, CODE_LEN) and prediction["depth"].shape == (2, SIZE, SIZE)
     assert quantizers.codebook_size(frozen.config.quantizer) == CODES
+    # uvim.api reads the converted stage II as one of ours (greedy decoding: the same bins;
+    # the jitted bin centres may differ in the last float32 bit).
+    api = uvim_api.DepthPredictor.from_workdir(runs["stage2"])
+    np.testing.assert_allclose(api.predict(batch["image"]), prediction["depth"], rtol=1e-6)
+    # Rerunning either run with its own config is no config change (and nothing is finished:
+    # no results yet), and stage II validates with the converted stage I as its frozen stage.
+    for run in runs.values():
+        stored = run_dir.read_config(run)
+        assert resume.check_config(stored, run) == {}
+        assert resume.finished_results(stored, run) is None
+    train.validate(config)
 
 
 @pytest.mark.slow
@@ -422,7 +435,7 @@ def test_evaluate_runs_our_protocol_on_the_converted_runs(vtt_files, tmp_path):
 def test_official_presets_validate_with_big_visions_settings(task, tmp_path):
     stage1_cfg = config_lib.load(f"uvim/{task}.py:vq,paper,stage1,official")
     train.validate(stage1_cfg)
-    assert stage1_cfg.model.standardize_bottleneck and stage1_cfg.quantizer.vq.l2_normalize
+    assert stage1_cfg.quantizer.vq.standardize and stage1_cfg.quantizer.vq.l2_normalize
     assert (stage1_cfg.quantizer.vq.codebook_size, stage1_cfg.quantizer.vq.dim) == (4096, 768)
     run_dir.write_json(str(tmp_path / "config.json"), run_dir.config_json(stage1_cfg))
     stage2_cfg = config_lib.load(f"uvim/{task}.py:vq,paper,stage2,official")

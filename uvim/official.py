@@ -12,8 +12,10 @@ pre-Linen ones (`..._1, LayerNorm_2, MlpBlock_3`, which big_vision renames with
 `convert_pre_linen`); old files' `Encoder` / `Decoder` are `encoder` / `decoder`.
 
 Stage I (`vit.py` Model, W = width, C x P^2 = a target's one-hot channels x patch pixels) ->
-`uvim.stage1.Stage1Model` with `model.standardize_bottleneck = True` and a VQ with unit-norm
-codewords (`configs/uvim/<task>.py:vq,paper,stage1,official`), no reshapes:
+`uvim.stage1.Stage1Model` with UViM's VQ (`quantizer.vq.standardize`: the bottleneck standardised
+before the lookup; `l2_normalize`: unit-norm codewords; `configs/uvim/<task>.py:vq,paper,stage1,
+official`), no reshapes. The panoptic instance head has the paper preset's `output.max_instances`
+= 100 channels (big_vision `'instances': (100, ...)`):
 
   embedding_<t>/{kernel [C, P^2, W], bias}    -> embed_<ours>     t: depth, semantics,
   head_<t>/{kernel [W, C, P^2], bias [C, P^2]} -> head_<ours>     instances, color (ours: depth,
@@ -209,7 +211,7 @@ def stage1_state(dictionary: np.ndarray, counts: np.ndarray, vq: ml_collections.
 def _check_stage1_config(config: ml_collections.ConfigDict) -> None:
     wanted = {"quantizer.name": (config.quantizer.name, "vq"),
               "quantizer.vq.l2_normalize": (config.quantizer.vq.l2_normalize, True),
-              "model.standardize_bottleneck": (config.model.standardize_bottleneck, True),
+              "quantizer.vq.standardize": (config.quantizer.vq.standardize, True),
               "model.with_context": (config.model.with_context, True)}
     for field, (have, want) in wanted.items():
         if have != want:

@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from fsq_jax import quantizers
 from fsq_jax.config_lib import require
@@ -45,9 +44,6 @@ class Stage1Config:
     code_len: int  # tokens; a square grid, bilinearly resized from the patch grid
     with_context: bool  # False: the "no image context" ablation
     code_dropout: Literal["none", "random"]  # UViM's random code dropout
-    # Standardise each token's features (zero mean, unit variance) before the quantizer, as
-    # UViM's VQ (big_vision models/proj/uvim/vit.py encode: jax.nn.standardize).
-    standardize_bottleneck: bool
 
     def __post_init__(self):
         check_vit(self)
@@ -78,7 +74,6 @@ class Stage1Model(nn.Module):
     code_len: int
     with_context: bool
     code_dropout: str
-    standardize_bottleneck: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -128,10 +123,8 @@ class Stage1Model(nn.Module):
         if self.with_context:
             x = x + self.context_encoder(context)
         x = self.encoder(x + self.posemb_encoder(), deterministic=not train)
-        x = self.to_code(resize_tokens(x, self.code_grid))
-        if self.standardize_bottleneck:
-            x = jax.nn.standardize(x, axis=-1)
-        return self.quantizer(x, train=train)
+        x = resize_tokens(x, self.code_grid)
+        return self.quantizer(self.to_code(x), train=train)
 
     def decode(self, codes: jax.Array, context: jax.Array | None, *,
                train: bool = False) -> dict[str, jax.Array]:
@@ -178,7 +171,6 @@ def build(model: ml_collections.ConfigDict, quantizer: Any,
         mlp_dim=int(model.mlp_dim), num_heads=int(model.num_heads),
         dropout=float(model.dropout), code_len=int(model.code_len),
         with_context=bool(model.with_context), code_dropout=str(model.code_dropout),
-        standardize_bottleneck=bool(model.standardize_bottleneck),
     )
 
 
@@ -191,6 +183,3 @@ def init_variables(module: Stage1Model, rng: jax.Array, batch_size: int = 1) -> 
     return module.init(rngs, targets, context, train=False)
 
 
-def count_params(params: Any) -> int:
-    """Number of scalars in a params pytree (works on ShapeDtypeStructs from eval_shape)."""
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
