@@ -75,6 +75,9 @@ class TokenizerTaskConfig(LoopConfig):
         size = self.data.image_size
         require(size >= 8 and size & (size - 1) == 0, "data.image_size",
                 "the discriminator needs a power of two >= 8")
+        require(self.model.project_codes or self.quantizer.dim == self.model.embedding_dim,
+                "model.project_codes", f"False needs the quantizer's code dim "
+                f"({self.quantizer.dim}) to equal model.embedding_dim ({self.model.embedding_dim})")
 
 
 def discriminator_objective(discriminate: Callable[[jax.Array], jax.Array], real: jax.Array,

@@ -40,6 +40,18 @@ class TokenizerModelConfig:
     norm_groups: int
     activation: Literal["swish", "relu", "gelu"]
     conv_downsample: bool  # False: 2x2 average pooling as MaskGIT
+    # Where a channel-changing ResBlock's 1x1 shortcut conv acts: "input" (the standard residual
+    # projection of the block input) or "output" (MaskGIT's released code and checkpoints: the
+    # conv is applied to the block's own output, the input is dropped; docs/fidelity.md).
+    shortcut: Literal["input", "output"]
+    # True: dense projections encoder -> quantizer dim and back (needed when the code dim differs
+    # from embedding_dim, e.g. FSQ); False: the quantizer works on the encoder output itself, as
+    # MaskGIT's VQ (google-research/maskgit nets/vqgan_tokenizer.py VQVAE).
+    project_codes: bool
+    # Pixel range the encoder sees and the decoder produces: "symmetric" [-1, 1], or "unit"
+    # [0, 1] (MaskGIT's released tokenizer: inference.py feeds images / 255). The module's own
+    # interface stays [-1, 1] either way.
+    image_range: Literal["symmetric", "unit"]
     dtype: DTypeName  # compute dtype; params stay float32
 
     def __post_init__(self):
@@ -62,6 +74,12 @@ def downsample_factor(config: ml_collections.ConfigDict) -> int:
 class ResBlock(nn.Module):
     """Pre-activation residual block: (GroupNorm, act, conv3x3) x 2, 1x1-conv shortcut if needed.
 
+    When the width changes, `shortcut="input"` adds conv1x1(input) (the usual projection);
+    `shortcut="output"` adds conv1x1(block output) instead, so that block computes
+    y + conv1x1(y) with no path from its input: what google-research/maskgit
+    `nets/vqgan_tokenizer.py` ResBlock does and its checkpoints hold (a [1, 1, filters, filters]
+    kernel). The shortcut conv is created last either way (Flax name `Conv_2`).
+
     x: [batch, height, width, channels] -> [batch, height, width, filters]
     """
 
@@ -69,6 +87,7 @@ class ResBlock(nn.Module):
     norm_groups: int
     activation: Callable[[jax.Array], jax.Array]
     dtype: Any = jnp.float32
+    shortcut: str = "input"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -78,7 +97,8 @@ class ResBlock(nn.Module):
             x = self.activation(x)
             x = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
         if residual.shape[-1] != self.filters:
-            residual = nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype)(residual)
+            source = x if self.shortcut == "output" else residual
+            residual = nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype)(source)
         return x + residual
 
 
@@ -105,14 +125,14 @@ class Encoder(nn.Module):
         for level, mult in enumerate(config.channel_multipliers):
             filters = config.filters * mult
             for _ in range(config.num_res_blocks):
-                x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+                x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
             if level < levels - 1:
                 if config.conv_downsample:
                     x = nn.Conv(filters, (4, 4), strides=(2, 2), dtype=dtype)(x)
                 else:
                     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         for _ in range(config.num_res_blocks):
-            x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+            x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
         x = nn.GroupNorm(num_groups=_groups(config, filters), dtype=dtype)(x)
         x = act(x)
         return nn.Conv(config.embedding_dim, (1, 1), dtype=dtype)(x)
@@ -134,11 +154,11 @@ class Decoder(nn.Module):
         filters = config.filters * config.channel_multipliers[-1]
         x = nn.Conv(filters, (3, 3), dtype=dtype)(x.astype(dtype))
         for _ in range(config.num_res_blocks):
-            x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+            x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
         for level in reversed(range(len(config.channel_multipliers))):
             filters = config.filters * config.channel_multipliers[level]
             for _ in range(config.num_res_blocks):
-                x = ResBlock(filters, _groups(config, filters), act, dtype)(x)
+                x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
             if level > 0:
                 x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
                 x = nn.Conv(filters, (3, 3), dtype=dtype)(x)
@@ -147,8 +167,21 @@ class Decoder(nn.Module):
         return nn.Conv(3, (3, 3), dtype=dtype)(x).astype(jnp.float32)
 
 
+def check_code_dim(config: ml_collections.ConfigDict, code_dim: int) -> None:
+    """ValueError naming `model.project_codes` when the quantizer cannot take the encoder output
+    as it is (without projections its code dim must be `model.embedding_dim`)."""
+    if not config.project_codes and code_dim != config.embedding_dim:
+        raise ValueError(
+            f"model.project_codes = False: the quantizer's code dim ({code_dim}) must equal "
+            f"model.embedding_dim ({config.embedding_dim}); set model.project_codes = True")
+
+
 class Tokenizer(nn.Module):
-    """Encoder -> dense to code_dim -> quantizer -> dense to embedding_dim -> decoder.
+    """Encoder -> [dense to code_dim] -> quantizer -> [dense to embedding_dim] -> decoder.
+
+    The dense projections exist when `model.project_codes` (else the quantizer reads the encoder
+    output directly, as MaskGIT's VQ). With `model.image_range = "unit"` the encoder and decoder
+    work on [0, 1] pixels; images in and out of this module are [-1, 1] regardless.
 
     Attributes:
       config: `model.*` fields (see `TokenizerModelConfig`).
@@ -160,24 +193,32 @@ class Tokenizer(nn.Module):
 
     def setup(self) -> None:
         dim = quantizers.code_dim(self.quantizer_config)
+        check_code_dim(self.config, dim)
         self.encoder = Encoder(self.config)
-        self.project_in = nn.Dense(dim, dtype=jnp.float32, name="project_in")
         self.quantizer = quantizers.build(self.quantizer_config)
-        self.project_out = nn.Dense(
-            self.config.embedding_dim, dtype=DTYPES[self.config.dtype], name="project_out"
-        )
         self.decoder = Decoder(self.config)
+        if self.config.project_codes:
+            self.project_in = nn.Dense(dim, dtype=jnp.float32, name="project_in")
+            self.project_out = nn.Dense(
+                self.config.embedding_dim, dtype=DTYPES[self.config.dtype], name="project_out"
+            )
 
     def encode(self, images: jax.Array, train: bool = False) -> QuantizerOutput:
         """images: [batch, H, W, 3] in [-1, 1] -> QuantizerOutput with quantized [batch, h, w, d]
         (d = code_dim) and indices [batch, h, w] (int32)."""
-        latents = self.encoder(images)
-        z = self.project_in(latents.astype(jnp.float32))
+        if self.config.image_range == "unit":
+            images = (images + 1.0) * 0.5
+        z = self.encoder(images).astype(jnp.float32)
+        if self.config.project_codes:
+            z = self.project_in(z)
         return self.quantizer(z, train=train)
 
     def decode(self, quantized: jax.Array) -> jax.Array:
         """quantized: [batch, h, w, d] -> images [batch, H, W, 3] (float32, ~[-1, 1])."""
-        return self.decoder(self.project_out(quantized))
+        if self.config.project_codes:
+            quantized = self.project_out(quantized)
+        images = self.decoder(quantized)
+        return images * 2.0 - 1.0 if self.config.image_range == "unit" else images
 
     def tokenize(self, images: jax.Array) -> jax.Array:
         """images: [batch, H, W, 3] in [-1, 1] -> int32 tokens [batch, h, w] (eval mode)."""
@@ -216,6 +257,7 @@ __all__: Sequence[str] = (
     "Tokenizer",
     "TokenizerModelConfig",
     "build",
+    "check_code_dim",
     "downsample_factor",
     "token_grid",
 )

@@ -18,13 +18,15 @@ def _count(tree) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-# (tokenizer params, discriminator params, transformer params, token grid side). The
-# transformer's vocabulary is codes + [MASK] + classes: the unconditional input masks the class
-# token instead of a separate null class, one embedding row (hidden_size) fewer than before:
+# (tokenizer params, discriminator params, transformer params, token grid side). The paper
+# tokenizers have MaskGIT's output shortcuts ([1, 1, out, out] kernels) and the VQ one has no
+# projections around the quantizer, as google-research/maskgit's VQGAN. The transformer's
+# vocabulary is codes + [MASK] + classes: the unconditional input masks the class token instead
+# of a separate null class, one embedding row (hidden_size) fewer than before:
 # 172_438_504 - 768, 172_456_960 - 768, 225_008 - 64, 226_048 - 64.
 PINNED = {
-    "fsq,paper": (54_173_831, 23_998_017, 172_437_736, 16),
-    "vq,paper": (54_565_251, 23_998_017, 172_456_192, 16),
+    "fsq,paper": (54_255_751, 23_998_017, 172_437_736, 16),
+    "vq,paper": (54_515_587, 23_998_017, 172_456_192, 16),
     "fsq,tiny": (149_414, 72_657, 224_944, 8),
     "vq,tiny": (159_491, 72_657, 225_984, 8),
 }

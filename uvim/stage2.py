@@ -38,6 +38,9 @@ class Stage2Config:
     num_heads: int
     dropout: float
     temperature: float  # 0 = greedy decoding at evaluation, else sampling temperature
+    # Biases in the decoder's self- and cross-attention projections; big_vision's UViM VTT has
+    # none (models/proj/uvim/vtt.py EncoderDecoderBlock: use_bias=False).
+    decoder_attention_bias: bool
     encoder_lr_multiplier: float  # the image encoder's learning rate x this
     encoder_init: str  # a ViT .npz the image encoder starts from ("" = random init)
 
@@ -82,6 +85,7 @@ class Stage2Model(nn.Module):
       codebook_size: stage-I codebook size; the vocabulary adds one BOS token (id codebook_size).
       seq_len: code length (stage I's `code_len`).
       decode: True builds the single-token decoder with a key/value cache (see `generate`).
+      decoder_attention_bias: biases in the decoder blocks' attention projections.
     """
 
     codebook_size: int
@@ -95,6 +99,7 @@ class Stage2Model(nn.Module):
     num_heads: int
     dropout: float
     decode: bool = False
+    decoder_attention_bias: bool = True
 
     @property
     def vocab_size(self) -> int:
@@ -115,7 +120,7 @@ class Stage2Model(nn.Module):
         self.positions = DecoderPositions(self.decode)
         self.blocks = [
             DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.decode,
-                         name=f"decoder_block_{i}")
+                         self.decoder_attention_bias, name=f"decoder_block_{i}")
             for i in range(self.dec_depth)
         ]
         self.token_dropout = nn.Dropout(self.dropout)
@@ -156,6 +161,7 @@ def build(model: ml_collections.ConfigDict, codebook_size: int, seq_len: int) ->
         input_size=int(model.input_size), patch_size=int(model.patch_size),
         width=int(model.width), enc_depth=int(model.enc_depth), dec_depth=int(model.dec_depth),
         mlp_dim=int(model.mlp_dim), num_heads=int(model.num_heads), dropout=float(model.dropout),
+        decoder_attention_bias=bool(model.decoder_attention_bias),
     )
 
 

@@ -139,12 +139,15 @@ class DecoderBlock(nn.Module):
 
     With `decode=True` the self-attention keeps a key/value cache in the "cache" collection and
     takes one token at a time, so autoregressive sampling costs O(length) per step.
+    `attention_bias=False` drops the biases of both attentions' projections, as big_vision's
+    UViM decoder (models/proj/uvim/vtt.py EncoderDecoderBlock: use_bias=False).
     """
 
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
     decode: bool = False
+    attention_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array, mask: jax.Array | None,
@@ -154,13 +157,13 @@ class DecoderBlock(nn.Module):
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
             dropout_rate=self.dropout, deterministic=deterministic, decode=self.decode,
-            name="self_attention")(y, y, mask=mask)
+            use_bias=self.attention_bias, name="self_attention")(y, y, mask=mask)
         x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
         y = nn.LayerNorm(name="norm_cross_attention")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
             dropout_rate=self.dropout, deterministic=deterministic,
-            name="cross_attention")(y, encoded)
+            use_bias=self.attention_bias, name="cross_attention")(y, encoded)
         x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
         y = nn.LayerNorm(name="norm_mlp")(x)
         y = MlpBlock(self.mlp_dim, self.dropout, name="mlp")(y, deterministic)

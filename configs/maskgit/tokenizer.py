@@ -2,9 +2,10 @@
 
 Presets: a quantizer (`fsq` | `vq` | any registered name; or `--config.quantizer.name=vq`), a size
 `tiny` (32x32 procedural scenes, trains in minutes on a CPU) | `paper` (MaskGIT's VQGAN on
-ImageNet 256x256, as in the FSQ paper, Sec. 4.1 / App. A). Sources: the FSQ paper (stage I 1M
-steps at batch 512; FSQ [8,5,5,5] vs. VQ 1024 codes) and google-research/maskgit
-`configs/vqgan_config.py` (everything else).
+ImageNet 256x256, as in the FSQ paper, Sec. 4.1 / App. A), and the flag `official` (with
+`vq,paper`: the published MaskGIT tokenizer checkpoint, docs/official_checkpoints.md). Sources:
+the FSQ paper (stage I 1M steps at batch 512; FSQ [8,5,5,5] vs. VQ 1024 codes) and
+google-research/maskgit `configs/vqgan_config.py` (everything else).
 """
 
 from __future__ import annotations
@@ -40,6 +41,20 @@ def _paper(config: ml_collections.ConfigDict) -> None:
     config.loss.r1_weight = 10.0
     config.loss.discriminator_start = 0  # MaskGIT's public config has no adversarial warm-up
     config.evaluators.num_images = 50_000  # FSQ paper: 50k validation reconstructions
+    # MaskGIT's VQGAN as released (google-research/maskgit nets/vqgan_tokenizer.py, the
+    # tokenizer_imagenet256 checkpoint's shapes; docs/fidelity.md): the 1x1 shortcut conv of a
+    # channel-changing ResBlock acts on the block output, VQ quantizes the encoder output
+    # without projections, and pixels are [0, 1] (inference.py feeds images / 255).
+    config.model.shortcut = "output"
+    config.model.project_codes = config.quantizer.name != "vq"  # FSQ's 4 dims need them
+    config.model.image_range = "unit"
+
+
+def _official(config: ml_collections.ConfigDict) -> None:
+    """The published tokenizer_imagenet{256,512}_checkpoint (scripts/convert_official.py):
+    the paper architecture with VQ; the checkpoint holds no discriminator or perceptual
+    network, so evaluation builds none (docs/official_checkpoints.md)."""
+    config.loss.perceptual_network = "none"
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
@@ -70,14 +85,18 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The tokenizer experiment for `arg` = '<quantizer>,<tiny|paper>' (default fsq,tiny)."""
     arg = cl.parse_arg(arg, quantizer=cl.Choice("fsq", cl.names()),
-                       size=cl.Choice("tiny", ("tiny", "paper")))
+                       size=cl.Choice("tiny", ("tiny", "paper")), official=False)
+    if arg.official and (arg.quantizer, arg.size) != ("vq", "paper"):
+        raise ValueError(f"config arg: 'official' is the released VQ tokenizer; use "
+                         f"'vq,paper,official' ({arg})")
     config = cl.loop(task="maskgit.tasks:TokenizerTask")
     # MaskGIT's VQGAN (vqgan_config.py): 128 filters, multipliers (1, 1, 2, 2, 4) (256 -> 16x16
     # tokens), 2 residual blocks per level, GroupNorm 32, swish, average-pool downsampling.
     config.model = ml_collections.ConfigDict({
         "filters": 128, "channel_multipliers": (1, 1, 2, 2, 4), "num_res_blocks": 2,
         "embedding_dim": 256, "norm_groups": 32, "activation": "swish",
-        "conv_downsample": False, "dtype": "float32"})
+        "conv_downsample": False, "shortcut": "input", "project_codes": True,
+        "image_range": "symmetric", "dtype": "float32"})
     # FSQ paper Table 1: [8,5,5,5] for 2^10 (paper), [8,6,5] for 2^8 (tiny). VQ as MaskGIT: 1024
     # codes of dimension 256, commitment 0.25, entropy loss 0.1 at temperature 0.01.
     config.quantizer = cl.quantizer(
@@ -112,4 +131,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "reference_images": 0,  # train images in the statistics (0 = the whole split)
     })
     (_paper if arg.size == "paper" else _tiny)(config)
+    if arg.official:
+        _official(config)
     return config

@@ -4,7 +4,8 @@ The tokens come from a finished stage-I run (`tokenizer_workdir`, by default the
 `configs/maskgit/tokenizer.py` preset's conventional workdir). Sources of the paper numbers: the
 FSQ paper (2.5M steps at batch 256, masking ratio floor 0.45, label dropout 10%, guidance weight
 0.1 for VQ and 0.2 for FSQ) and google-research/maskgit `configs/maskgit_class_cond_config.py`
-(architecture, optimiser, label smoothing, choice temperature).
+(architecture, optimiser, label smoothing, choice temperature). The flag `official` (with
+`vq,paper`) describes the published MaskGIT transformer checkpoint (docs/official_checkpoints.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ def _paper(config: ml_collections.ConfigDict) -> None:
     config.evaluators.num_images = 50_000  # FSQ paper: 50k samples
 
 
+def _official(config: ml_collections.ConfigDict) -> None:
+    """The published maskgit_imagenet{256,512}_checkpoint (scripts/convert_official.py) and how
+    the FSQ paper scored it (FID 4.916, docs/official_checkpoints.md): MaskGIT's decoding
+    without guidance (the released model never saw a dropped label; MaskGIT's config has no
+    label dropout), in float32 as inference.py runs it."""
+    config.model.dtype = "float32"
+    config.sampling.guidance_scale = 0.0
+    config.masking.label_dropout = 0.0
+
+
 def _tiny(config: ml_collections.ConfigDict) -> None:
     config.num_classes = 0  # the procedural scenes' classes
     config.data.image_size = 32
@@ -55,7 +66,10 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The transformer experiment for `arg` = '<quantizer>,<tiny|paper>' (default fsq,tiny)."""
     arg = cl.parse_arg(arg, quantizer=cl.Choice("fsq", cl.names()),
-                       size=cl.Choice("tiny", ("tiny", "paper")))
+                       size=cl.Choice("tiny", ("tiny", "paper")), official=False)
+    if arg.official and (arg.quantizer, arg.size) != ("vq", "paper"):
+        raise ValueError(f"config arg: 'official' is the released VQ transformer; use "
+                         f"'vq,paper,official' ({arg})")
     # No EMA by default: the tiny preset's 1,200-3,000 steps are too few for MaskGIT's 0.999
     # (the EMA, not debiased, would still hold 0.999^1200 = 30% of the initial weights).
     config = cl.loop(task="maskgit.tasks:TransformerTask", ema_decay=0.0)
@@ -104,4 +118,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "reference_images": 0,  # train images in the statistics (0 = the whole split)
     })
     (_paper if arg.size == "paper" else _tiny)(config)
+    if arg.official:
+        _official(config)
     return config

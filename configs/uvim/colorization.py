@@ -4,7 +4,8 @@
 `"vq,paper"` is the FSQ paper's Table 2 baseline (Sec. 4.2). Presets: a quantizer (`fsq` | `vq`
 | any registered name), a size (`tiny` | `paper`), a stage (`stage1` | `stage2`, the language
 model over a finished stage-I run's codes), and the ablations `nosplit` (VQ without codebook
-splitting) and `nocontext` (stage I without the image context).
+splitting) and `nocontext` (stage I without the image context); `official` (with `vq,paper`)
+describes big_vision's published UViM checkpoints (docs/official_checkpoints.md).
 """
 
 from __future__ import annotations
@@ -74,13 +75,17 @@ PAPER = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Comma list of presets: a quantizer, tiny|paper, stage1|stage2, nosplit, nocontext."""
+    """Comma list of presets: a quantizer, tiny|paper, stage1|stage2, nosplit, nocontext,
+    official (with vq,paper: big_vision's published checkpoints, docs/official_checkpoints.md)."""
     arg = cl.parse_arg(arg, quantizer=cl.Choice("fsq", cl.names()),
                        size=cl.Choice("tiny", ("tiny", "paper")),
                        stage=cl.Choice("stage1", ("stage1", "stage2")), nosplit=False,
-                       nocontext=False)
+                       nocontext=False, official=False)
     if arg.nosplit and arg.quantizer != "vq":
         raise ValueError(f"config arg: 'nosplit' is a VQ ablation; add 'vq' ({arg})")
+    if arg.official and (arg.quantizer, arg.size) != ("vq", "paper"):
+        raise ValueError(f"config arg: 'official' is big_vision's published VQ model; use "
+                         f"'vq,paper,official' ({arg})")
     paper = arg.size == "paper"
     task = "Stage1Task" if arg.stage == "stage1" else "Stage2Task"
     config = cl.loop(task=f"uvim.tasks:{task}")
@@ -106,6 +111,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stage2 = ml_collections.ConfigDict({
         "input_size": 512, "patch_size": 16, "width": 1024, "enc_depth": 24, "dec_depth": 24,
         "mlp_dim": 4096, "num_heads": 16, "dropout": 0.0, "temperature": 0.0,
+        # big_vision's VTT decoder attention has no biases (models/proj/uvim/vtt.py).
+        "decoder_attention_bias": not paper,
         "encoder_lr_multiplier": 0.1, "encoder_init": ""})
     # FSQ paper Table 2: FSQ [7,5,5,5,5] = 4375 codes against UViM's 4096-code VQ (paper);
     # tiny: [8,5,5,5] / 1024 codes, so the tiny runs can fill the codebook in minutes. UViM's
@@ -136,4 +143,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # eval_batch_size batches the task's evaluator (task metric, usage) reads.
     config.evaluators = ml_collections.ConfigDict({"num_batches": stage.pop("evaluator_batches")})
     config.update(stage)
+    if arg.official:
+        # The published stage I / II .npz (scripts/convert_official.py): the stage-II encoder
+        # comes trained in the file, so nothing is loaded from a ViT and nothing is slowed.
+        config.stage2.encoder_lr_multiplier = 1.0
     return config

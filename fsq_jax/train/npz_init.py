@@ -23,6 +23,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint file whose names or shapes do not fit the model."""
 
 
+class ConversionError(CheckpointMismatchError):
+    """Our config cannot hold a published model (the message names the field to change)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One parameter: checkpoint array `source` -> our parameter `target` ('/'-joined path).
@@ -35,6 +39,17 @@ class Entry:
     source_shape: tuple[int | None, ...]
     target: str
     transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stacked:
+    """Checkpoint arrays `sources` (each of `source_shape`) stacked along `axis` into `target`
+    (e.g. separate query / key / value kernels into one fused projection)."""
+
+    sources: tuple[str, ...]
+    source_shape: tuple[int, ...]
+    target: str
+    axis: int
 
 
 def read_npz(path: str, origin: str) -> dict[str, np.ndarray]:
@@ -105,3 +120,37 @@ def assign(params: Any, values: Mapping[str, np.ndarray], origin: str) -> Any:
                 f"{tuple(flat[path].shape)}")
         flat[path] = jnp.asarray(value, dtype=flat[path].dtype)
     return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def apply_table(arrays: Mapping[str, np.ndarray], table: Sequence[Entry | Stacked], origin: str,
+                *, ignore: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """`map_arrays` for a table whose rows may also be `Stacked` (several arrays -> one)."""
+    entries: list[Entry] = []
+    for row in table:
+        if isinstance(row, Stacked):
+            entries += [Entry(source, row.source_shape, f"{row.target}#{j}")
+                        for j, source in enumerate(row.sources)]
+        else:
+            entries.append(row)
+    mapped = map_arrays(arrays, entries, origin, ignore=ignore)
+    for row in table:
+        if isinstance(row, Stacked):
+            parts = [mapped.pop(f"{row.target}#{j}") for j in range(len(row.sources))]
+            mapped[row.target] = np.stack(parts, axis=row.axis)
+    return mapped
+
+
+def assign_all(params: Any, values: Mapping[str, np.ndarray], origin: str) -> Any:
+    """`assign` that must replace every leaf: a converted model keeps nothing random.
+
+    `params` may hold arrays or `jax.ShapeDtypeStruct`s (from `jax.eval_shape`); the first
+    parameter `values` leaves empty is named (a part the published model does not have).
+    """
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    for path in flat:
+        if path not in values:
+            raise CheckpointMismatchError(
+                f"{origin}: nothing in the checkpoint for our parameter {path!r} (shape "
+                f"{_shape_text(flat[path].shape)}); the config builds a part the published "
+                "model does not have")
+    return assign(params, values, origin)
