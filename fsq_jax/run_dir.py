@@ -59,15 +59,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
                                 "(a run writes config.json when it starts)")
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(_tuples(json.load(f)))
+            return ml_collections.ConfigDict(json_tuples(json.load(f)))
     except ValueError as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from None
 
 
-def _tuples(value: Any) -> Any:
+def json_tuples(value: Any) -> Any:
     """JSON lists back to the tuples configs hold (so a read config equals the one written)."""
     if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+        return tuple(json_tuples(v) for v in value)
     if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: json_tuples(v) for k, v in value.items()}
     return value

@@ -35,14 +35,12 @@ from fsq_jax.train.evaluation import SkippedEvaluator
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TokenizerEvaluators:
-    """`evaluators.*` of stage I."""
+class TransformerEvaluators:
+    """`evaluators.*` of stage II (and what stage I shares with it)."""
 
-    fid: bool  # reconstruction FID (needs the Inception weights: `make inception`)
-    usage: bool  # codebook usage over the evaluation images
+    fid: bool  # FID (stage II: sampling FID, precision, recall; needs `make inception`)
     num_images: int
     batch_size: int
-    out_dir: str  # where the usage histogram PNG and counts go ("" = not written)
     reference: str  # "" = train-split statistics computed here; else an ADM reference .npz
     reference_images: int  # train images in those statistics (0 = the whole split)
 
@@ -53,19 +51,11 @@ class TokenizerEvaluators:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TransformerEvaluators:
-    """`evaluators.*` of stage II."""
+class TokenizerEvaluators(TransformerEvaluators):
+    """`evaluators.*` of stage I: reconstruction FID (`fid`) and codebook usage."""
 
-    fid: bool  # sampling FID, precision, recall (needs `make inception`)
-    num_images: int
-    batch_size: int
-    reference: str  # "" = train-split statistics computed here; else an ADM reference .npz
-    reference_images: int  # train images in those statistics (0 = the whole split)
-
-    def __post_init__(self):
-        require(self.num_images >= 2, "num_images", "must be >= 2")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        _check_reference(self.reference, self.reference_images)
+    usage: bool  # codebook usage over the evaluation images
+    out_dir: str  # where the usage histogram PNG and counts go ("" = not written)
 
 
 def _check_reference(reference: str, reference_images: int) -> None:

@@ -98,15 +98,6 @@ def _quantizer(config: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]
     return name, section.get(name, {}) if isinstance(name, str) else {}
 
 
-def _tuples(value: Any) -> Any:
-    """JSON lists back to the tuples a config holds (FSQ levels)."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
-
-
 def codebook_size(config: Mapping[str, Any]) -> int | None:
     """Codebook size of a run's quantizer section (as config.json holds it), None if unknown."""
     name, fields = _quantizer(config)
@@ -115,7 +106,8 @@ def codebook_size(config: Mapping[str, Any]) -> int | None:
     from fsq_jax import quantizers
 
     try:  # fields a run did not record (an older version) take their defaults
-        return quantizers.codebook_size(quantizers.config(name, **_tuples(dict(fields))))
+        fields = run_dir.json_tuples(dict(fields))
+        return quantizers.codebook_size(quantizers.config(name, **fields))
     except Exception:  # a section this version cannot build (older run, unknown quantizer)
         return None
 
