@@ -106,6 +106,7 @@ def validate(config: ml_collections.ConfigDict, task_cls: type | None = None,
         from fsq_jax.train.frozen import read_frozen_config
 
         frozen_config = read_frozen_config(config[field], f"config.{field}")
+        _check_frozen_schema(frozen_config, f"config.{field} = {config[field]!r}")
         try:
             task_cls.check_frozen(typed, frozen_config)
         except ConfigError:
@@ -113,3 +114,14 @@ def validate(config: ml_collections.ConfigDict, task_cls: type | None = None,
         except ValueError as error:
             raise ConfigError(f"config.{field} = {config[field]!r}: {error}") from None
     return typed
+
+
+def _check_frozen_schema(frozen_config: ml_collections.ConfigDict, where: str) -> None:
+    """A frozen stage's own config.json must still describe a run this code can build (a run
+    saved by an older version may lack a field added since): one line saying so."""
+    try:
+        check(frozen_config, schema_of(resolve_task(frozen_config)), "config")
+    except ConfigError as error:
+        raise ConfigError(f"{where}: its config.json does not fit this version of the code "
+                          f"({error}); retrain that stage, or add the field to its config.json "
+                          "with the value it was trained with") from None
