@@ -18,7 +18,7 @@ import numpy as np
 
 from fsq_jax.config_lib import require
 from fsq_jax.eval import depth as depth_metrics
-from uvim.outputs.base import Batch, DenseOutput, Metric, masked_mean, softmax_cross_entropy
+from uvim.outputs.base import Batch, DenseOutput, Metric, fused_softmax_cross_entropy, masked_mean
 
 NAME = "depth"
 
@@ -94,7 +94,8 @@ class DepthOutput(DenseOutput):
     def loss(self, logits: Mapping[str, jax.Array], batch: Batch
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
         depth = batch["depth"]
-        per_pixel = softmax_cross_entropy(logits["depth"], self._bins(depth))
+        # Fused: keeps no float32 softmax of the 256-bin logits for the backward pass.
+        per_pixel = fused_softmax_cross_entropy(logits["depth"], self._bins(depth))
         loss = masked_mean(per_pixel, valid_depth(depth, self.min_depth, self.max_depth))
         return loss, {"loss_depth": loss}
 
