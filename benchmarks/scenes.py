@@ -4,12 +4,11 @@ Renders scenes one by one in this thread (BLAS pinned to one thread) and reports
 of CPU time (what one core delivers, robust to other processes sharing the machine) and of wall
 time, best of several repeats; then the same through `fsq_jax.data.build` batches.
 
-    .venv/bin/python benchmarks/scenes.py [--sizes 32 64 128 256] [--count 400]
+    .venv/bin/python benchmarks/scenes.py [--sizes 32,64,128,256] [--count 400]
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import time
@@ -18,10 +17,16 @@ import time
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_name] = "1"
 
+from absl import flags  # noqa: E402
+
 from fsq_jax import data  # noqa: E402
 from fsq_jax.data import scenes  # noqa: E402
+from fsq_jax.train import cli  # noqa: E402
 
 TARGET = 2000.0  # images/s at 64x64 on one core
+_SIZES = flags.DEFINE_list("sizes", ["32", "64", "128", "256"], "Scene resolutions.")
+_COUNT = flags.DEFINE_integer("count", 400, "Scenes per repeat at 64x64.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timing repeats; the best is kept.")
 
 
 def _rate(fn, count: int, repeats: int) -> tuple[float, float]:
@@ -36,18 +41,14 @@ def _rate(fn, count: int, repeats: int) -> tuple[float, float]:
     return best_cpu, best_wall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
-    parser.add_argument("--count", type=int, default=400, help="scenes per repeat at 64x64")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    cli.start(argv)
     print(f"{'size':>6} {'img/s (cpu)':>12} {'img/s (wall)':>13} {'vs target':>10}")
-    for size in args.sizes:
-        count = max(20, args.count * 64 * 64 // (size * size))
+    for size in map(int, _SIZES.value):
+        count = max(20, _COUNT.value * 64 * 64 // (size * size))
         scenes.render_scene(0, "train", 0, size)  # builds the per-resolution grids
         cpu, wall = _rate(lambda i, s=size: scenes.render_scene(0, "train", i, s), count,
-                          args.repeats)
+                          _REPEATS.value)
         ratio = f"{cpu / TARGET:9.2f}x" if size == 64 else ""
         print(f"{size:>6} {cpu:12.0f} {wall:13.0f} {ratio:>10}")
     config = data.default_config()
@@ -55,7 +56,7 @@ def main() -> None:
     batch = 64
     batches = data.build(config, "train", batch)
     next(batches)
-    steps = max(2, args.count // batch)
+    steps = max(2, _COUNT.value // batch)
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in itertools.islice(batches, steps):
         pass
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

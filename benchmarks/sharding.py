@@ -13,18 +13,21 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse
 import statistics
 import time
 
 import jax
+from absl import flags
 
 from fsq_jax import config_lib
 from fsq_jax.tasks.autoencoder import AutoencoderTask
 from fsq_jax.tasks.synthetic import smooth_images
-from fsq_jax.train import sharding
+from fsq_jax.train import cli, sharding
 from fsq_jax.train.checkpoint import state_to_tree, tree_to_state
 from fsq_jax.train.loop import CompiledSteps
+
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per setup.")
+_PRESET = flags.DEFINE_string("preset", "fsq,small", "Preset of configs/autoencoder.py.")
 
 
 def measure(config, devices, fsdp, steps):
@@ -55,15 +58,12 @@ def measure(config, devices, fsdp, steps):
     return compile_seconds, 1000 * statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--preset", default="fsq,small")
-    args = parser.parse_args()
-    config = config_lib.load(f"autoencoder.py:{args.preset}")
+def main(argv: list[str]) -> None:
+    cli.start(argv)
+    config = config_lib.load(f"autoencoder.py:{_PRESET.value}")
     devices = jax.devices()
     print(
-        f"task: autoencoder {args.preset}, global batch {config.batch_size}, "
+        f"task: autoencoder {_PRESET.value}, global batch {config.batch_size}, "
         f"image {config.data.image_size}, {len(devices)} fake CPU devices, "
         f"{os.cpu_count()} cores"
     )
@@ -72,7 +72,7 @@ def main() -> None:
         (f"{len(devices)} devices, data parallel", devices, False),
         (f"{len(devices)} devices, FSDP", devices, True),
     ]
-    results = [(name, *measure(config, d, fsdp, args.steps)) for name, d, fsdp in rows]
+    results = [(name, *measure(config, d, fsdp, _STEPS.value)) for name, d, fsdp in rows]
     base_compile, base_step = results[0][1], results[0][2]
     print(f"{'setup':<28}{'compile s':>10}{'x':>7}{'step ms':>10}{'x':>7}")
     for name, compile_seconds, step_ms in results:
@@ -83,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -8,13 +8,15 @@ swapped for them), so no dataset is needed; stage II runs on a freshly initialis
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any
 
 import jax
+from absl import flags
+
+from fsq_jax.train import cli
 
 # This file is named like the package it measures: import the package, not this script.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,39 +24,40 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="depth", choices=("depth", "colorization", "panoptic"))
-    parser.add_argument("--quantizer", default="fsq", choices=("fsq", "vq"))
-    parser.add_argument("--paper", action="store_true", help="the paper preset's models")
-    parser.add_argument("--batch", type=int, default=0, help="global batch; 0: the preset's")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--skip", default="", help="comma list of: stage1,stage2")
-    args = parser.parse_args(argv)
+_TASK = flags.DEFINE_enum("task", "depth", ["depth", "colorization", "panoptic"], "UViM task.")
+_QUANTIZER = flags.DEFINE_string("quantizer", "fsq", "Quantizer preset (a registered name).")
+_PAPER = flags.DEFINE_bool("paper", False, "The paper preset's models.")
+_BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0: the preset's.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation).")
+_SKIP = flags.DEFINE_list("skip", [], "Measurements to skip: stage1, stage2.")
+
+
+def main(argv: list[str]) -> None:
+    cli.start(argv)
 
     from benchmarks import timing
     from fsq_jax import config_lib, data
     from fsq_jax.train import frozen_from_variables, sharding
     from uvim.tasks import Stage1Task, Stage2Task
 
-    preset = f"{args.quantizer},{'paper' if args.paper else 'tiny'}"
-    config1 = config_lib.load(f"uvim/{args.task}.py:{preset}")
-    config2 = config_lib.load(f"uvim/{args.task}.py:{preset},stage2")
+    preset = f"{_QUANTIZER.value},{'paper' if _PAPER.value else 'tiny'}"
+    config1 = config_lib.load(f"uvim/{_TASK.value}.py:{preset}")
+    config2 = config_lib.load(f"uvim/{_TASK.value}.py:{preset},stage2")
     for config in (config1, config2):
         config.data.source = "scenes"
-    batch_size = args.batch or config1.batch_size
+    batch_size = _BATCH.value or config1.batch_size
     mesh = sharding.create_mesh()
     host = next(iter(data.build(config1.data, "train", batch_size)))
     batch = sharding.shard_batch(host, mesh)
-    skip = set(filter(None, args.skip.split(",")))
-    report: dict[str, Any] = {"preset": f"{args.task}:{preset}", "backend": jax.default_backend(),
+    skip = set(_SKIP.value)
+    report: dict[str, Any] = {"preset": f"{_TASK.value}:{preset}", "backend": jax.default_backend(),
                               "devices": jax.device_count(),
                               "device_kind": jax.devices()[0].device_kind,
                               "image_size": int(config1.data.image_size)}
 
     def measure(name: str, task: Any) -> None:
-        rate, flops, compile_s = timing.train_rate(task, batch, args.steps, args.warmup)
+        rate, flops, compile_s = timing.train_rate(task, batch, _STEPS.value, _WARMUP.value)
         report[name] = {"batch": batch_size, "steps_per_s": rate,
                         "images_per_s": rate * batch_size, "compile_s": compile_s}
         if flops:
@@ -75,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

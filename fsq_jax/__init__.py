@@ -4,4 +4,4 @@ The shared library behind the MaskGIT and UViM pipelines: quantizers, codebook m
 evaluation and the one training loop every task runs on.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

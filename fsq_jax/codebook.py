@@ -6,10 +6,8 @@ the implicit FSQ codebook as vectors), so usage over a whole evaluation set cost
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-import clu.metrics
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,83 +79,6 @@ def quantizer_batch_metrics(indices: jax.Array, codebook_size: int,
     if not enabled or codebook_size > MAX_BATCH_HISTOGRAM:
         return {}
     return batch_metrics(indices, codebook_size)
-
-
-# ----------------------------------------------------------------------------------------------
-# clu metrics: a [K] histogram that merges by addition, so per-step and per-device values combine.
-
-
-@flax.struct.dataclass
-class CodeHistogram(clu.metrics.Metric):
-    """Counts of each code over everything seen so far; `compute()` returns them, int32 [K].
-
-    The size is part of the class: use `CodeHistogram.of_size(K)` (likewise for the subclasses)
-    in a `clu.metrics.Collection`. `from_model_output(indices, mask=None)` takes int indices of any
-    shape; multi-codebook indices are pooled.
-    """
-
-    counts: jax.Array
-    codebook_size: ClassVar[int] = 0
-
-    @classmethod
-    def of_size(cls, codebook_size: int) -> type[CodeHistogram]:
-        """This metric class for a codebook of `codebook_size` codes."""
-        size = _check_size(codebook_size)
-        sized = flax.struct.dataclass(
-            type(f"{cls.__name__}_{size}", (cls,), {"__annotations__": {}, "codebook_size": size})
-        )
-        return sized
-
-    @classmethod
-    def _size(cls) -> int:
-        if cls.codebook_size < 1:
-            raise ValueError(f"{cls.__name__} needs a size: use {cls.__name__}.of_size(K)")
-        return cls.codebook_size
-
-    @classmethod
-    def empty(cls) -> CodeHistogram:
-        return cls(counts=jnp.zeros((cls._size(),), jnp.int32))
-
-    @classmethod
-    def from_model_output(
-        cls, indices: jax.Array, mask: jax.Array | None = None, **_: Any
-    ) -> CodeHistogram:
-        return cls(counts=histogram(indices, cls._size(), mask))
-
-    def merge(self, other: CodeHistogram) -> CodeHistogram:
-        if jnp.shape(other.counts) != jnp.shape(self.counts):
-            raise ValueError(
-                f"cannot merge histograms of shapes {jnp.shape(self.counts)} and "
-                f"{jnp.shape(other.counts)}"
-            )
-        return type(self)(counts=self.counts + other.counts)
-
-    def compute(self) -> jax.Array:
-        return self.counts
-
-
-@flax.struct.dataclass
-class CodebookUsage(CodeHistogram):
-    """Fraction of the codebook used at least once."""
-
-    def compute(self) -> jax.Array:
-        return jnp.mean((self.counts > 0).astype(jnp.float32))
-
-
-@flax.struct.dataclass
-class CodebookPerplexity(CodeHistogram):
-    """exp(entropy) of the code distribution: the effective number of codes in use."""
-
-    def compute(self) -> jax.Array:
-        return jnp.exp(entropy_from_counts(self.counts))
-
-
-@flax.struct.dataclass
-class CodebookEntropy(CodeHistogram):
-    """Entropy of the code distribution in bits."""
-
-    def compute(self) -> jax.Array:
-        return entropy_from_counts(self.counts) / jnp.log(2.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Conversions between uint8 images and the [-1, 1] floats every model in the project reads, and
-the picture grids the loop writes."""
+"""Conversions between uint8 images and the [-1, 1] floats every model in the project reads, the
+picture grids the loop writes, and image files read the way evaluation reads them."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,3 +34,17 @@ def image_grid(images: np.ndarray, rows: int, min_size: int = 0) -> np.ndarray:
         rows * h, cols * w, c)
     scale = max(1, min_size // max(h, 1))
     return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+
+def load_images(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
+    """Image files -> uint8 [N, size, size, 3]: each decoded as RGB, centre-cropped to a square
+    and resized (antialiased bicubic), as the data pipeline prepares evaluation images.
+
+    Raises:
+      fsq_jax.data.DataError: a file that cannot be read or decoded (naming it).
+    """
+    from fsq_jax.data import folder, preprocess
+
+    images = [preprocess.square_resize({"image": folder.read_image(os.fspath(path))}, size,
+                                       "center", flip=False)["image"] for path in paths]
+    return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)

@@ -5,7 +5,8 @@
     workdir/checkpoints/   orbax steps
     workdir/metrics.csv, events.out.tfevents.*, images/
 
-Reading never changes a workdir, so evaluation and stage II may read a run that is still training.
+Reading never changes a workdir (checkpoints are read by `fsq_jax.train.restore_latest`), so
+evaluation and stage II may read a run that is still training.
 """
 
 from __future__ import annotations
@@ -70,28 +71,3 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _tuples(v) for k, v in value.items()}
     return value
-
-
-def restore_latest(workdir: str, target: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
-    """A run's config and its newest good checkpoint, read without changing the workdir.
-
-    Args:
-      workdir: a run directory.
-      target: None restores host numpy arrays as a dict with keys `step`, `params`,
-        `opt_state`, `ema_params`, `model_state`. For a typed `TrainState` pass the abstract
-        state of the task that wrote it (`jax.eval_shape(task.init_state, rng, batch)`).
-
-    Raises:
-      FileNotFoundError: no config.json or no checkpoint in `workdir`.
-    """
-    from fsq_jax.train.checkpoint import CheckpointReader
-
-    config = read_config(workdir)
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints in {workdir!r}")
-    with CheckpointReader(directory) as reader:  # never moves or deletes anything
-        restored = reader.restore_latest(target=target)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoints in {directory!r}")
-    return config, restored[1]

@@ -1,11 +1,18 @@
 """Compression cost of a token sequence under a trained MaskGIT transformer (FSQ paper, Fig. 3).
 
 The paper's cost is the number of bits needed to code an image's tokens losslessly with the
-stage-II transformer under a fixed masking order: reveal the tokens in a fixed order, in
-`num_steps` groups whose sizes follow the decoding schedule; each group is coded with the
-model's distribution given the class label and the tokens revealed before it. The cost is the
-cross-entropy sum of -log2 p(token) over all tokens, in bits per image (softmax over the
-codebook entries only, never the special tokens).
+stage-II transformer under "the deterministic masking schedule employed in M2T" (Sec. 4.2; M2T =
+Mentzer, Agustsson, Tschannen 2023, Sec. 3.4, main results with alpha = 2.2 and S = 12 steps):
+
+* locations, QLDS: the positions in the order a 2-D low-discrepancy sequence (Roberts' R2,
+  x_n = (0.5 + n / g, 0.5 + n / g^2) mod 1, g the plastic number) first visits their cells of
+  the token grid;
+* group sizes, the power schedule: after step t of T, floor(N (t / T)^alpha) tokens are revealed.
+
+Each group is coded with the model's distribution given the class label and the tokens revealed
+before it; the cost is the sum of -log2 p(token) over all tokens, in bits per image (softmax over
+the codebook entries only, never the special tokens). Orders `random` (a seeded permutation,
+M2T's "random" schedule) and `raster` are kept for comparison.
 """
 
 from __future__ import annotations
@@ -19,43 +26,68 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskgit import masking
-
-ORDERS = ("random", "raster")
+ORDERS = ("qlds", "random", "raster")
+M2T_ALPHA = 2.2  # M2T's group-size exponent of its main results (Sec. 4, "we fix alpha=2.2")
+# The plastic number g (g^3 = g + 1), whose inverse powers are the R2 sequence's increments.
+PLASTIC_NUMBER = 1.32471795724474602596
 # (params, tokens int32 [B, N], labels int32 [B]) -> logits float [B, N, >= K]
 LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
-def reveal_counts(seq_len: int, num_steps: int, schedule: str = "cosine") -> np.ndarray:
+def reveal_counts(seq_len: int, num_steps: int, alpha: float = M2T_ALPHA) -> np.ndarray:
     """Tokens revealed at each step: int32 [num_steps], every entry >= 1, summing to seq_len.
 
-    As MaskGIT's decoder: after step t, floor(seq_len * gamma((t + 1) / T)) tokens stay masked,
-    at least one is revealed per step, and the last step reveals the rest.
+    M2T's power schedule: floor(seq_len * (t / T)^alpha) tokens are revealed after step t
+    (t = 1 ... T), at least one more per step and all after the last.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len = {seq_len}: must be >= 1")
     if not 1 <= num_steps <= seq_len:
         raise ValueError(f"num_steps = {num_steps}: must be in [1, seq_len={seq_len}]")
-    masked = seq_len
-    counts = []
-    for step in range(num_steps):
-        ratio = float(masking.schedule((step + 1) / num_steps, schedule))
-        still_masked = math.floor(seq_len * ratio)
-        # Reveal >= 1 now and leave >= 1 for each later step; nothing stays after the last.
-        still_masked = min(max(still_masked, num_steps - step - 1), masked - 1)
-        if step == num_steps - 1:
-            still_masked = 0
-        counts.append(masked - still_masked)
-        masked = still_masked
+    if not alpha > 0:
+        raise ValueError(f"alpha = {alpha}: must be > 0")
+    revealed, counts = 0, []
+    for step in range(1, num_steps + 1):
+        target = math.floor(seq_len * (step / num_steps) ** alpha)
+        # At least one now, and one left for each later step; everything after the last.
+        target = min(max(target, revealed + 1), seq_len - (num_steps - step))
+        counts.append(target - revealed)
+        revealed = target
     return np.asarray(counts, np.int32)
 
 
-def reveal_order(seq_len: int, order: str = "random", seed: int = 0) -> np.ndarray:
-    """Positions in the order they are revealed: int32 [seq_len], a permutation.
+def qlds_order(grid: tuple[int, int]) -> np.ndarray:
+    """M2T's quantized low-discrepancy sequence over an h x w grid: the flat (row-major)
+    positions in the order the R2 sequence first lands in their cells. int32 [h * w]."""
+    height, width = grid
+    if height < 1 or width < 1:
+        raise ValueError(f"grid = {grid}: both sides must be >= 1")
+    step = np.asarray([1.0 / PLASTIC_NUMBER, 1.0 / PLASTIC_NUMBER**2])
+    seen = np.zeros(height * width, bool)
+    order = []
+    n = 0
+    while len(order) < height * width:
+        n += 1
+        if n > 1000 * height * width:  # R2 is equidistributed: never reached in practice
+            raise RuntimeError(f"qlds_order{grid}: the sequence left cells unvisited")
+        point = np.mod(0.5 + n * step, 1.0)
+        cell = int(point[0] * height) * width + int(point[1] * width)
+        if not seen[cell]:
+            seen[cell] = True
+            order.append(cell)
+    return np.asarray(order, np.int32)
 
-    `random`: a fixed permutation drawn from `seed` (the same for every image); `raster`:
-    row-major 0, 1, ..., seq_len - 1.
+
+def reveal_order(grid: tuple[int, int], order: str = "qlds", seed: int = 0) -> np.ndarray:
+    """Positions of an h x w token grid (row-major) in the order they are revealed: int32
+    [h * w], a permutation, the same for every image.
+
+    `qlds`: M2T's quantized low-discrepancy sequence (`qlds_order`); `random`: a permutation
+    drawn from `seed`; `raster`: 0, 1, ..., h * w - 1.
     """
+    seq_len = int(grid[0] * grid[1])
+    if order == "qlds":
+        return qlds_order(grid)
     if order == "raster":
         return np.arange(seq_len, dtype=np.int32)
     if order == "random":
@@ -63,12 +95,13 @@ def reveal_order(seq_len: int, order: str = "random", seed: int = 0) -> np.ndarr
     raise ValueError(f"order = {order!r}: one of {ORDERS}")
 
 
-def reveal_steps(seq_len: int, num_steps: int, *, order: str = "random", seed: int = 0,
-                 schedule: str = "cosine") -> np.ndarray:
-    """The step at which each position is revealed: int32 [seq_len] with values in [0, T)."""
-    counts = reveal_counts(seq_len, num_steps, schedule)
-    steps = np.empty(seq_len, np.int32)
-    steps[reveal_order(seq_len, order, seed)] = np.repeat(np.arange(num_steps), counts)
+def reveal_steps(grid: tuple[int, int], num_steps: int, *, order: str = "qlds", seed: int = 0,
+                 alpha: float = M2T_ALPHA) -> np.ndarray:
+    """The step at which each position of the grid (row-major) is revealed: int32 [h * w] with
+    values in [0, T); step t reveals the next `reveal_counts(...)[t]` positions of the order."""
+    counts = reveal_counts(int(grid[0] * grid[1]), num_steps, alpha)
+    steps = np.empty(int(grid[0] * grid[1]), np.int32)
+    steps[reveal_order(grid, order, seed)] = np.repeat(np.arange(num_steps), counts)
     return steps
 
 
@@ -86,7 +119,7 @@ def compression_cost_bits(logits_fn: LogitsFn, params: Any, tokens: jax.Array,
       tokens: int32 [B, N] image codes in [0, codebook_size).
       labels: int32 [B] class labels given to the model.
       reveal_step: int32 [N], the step (in [0, num_steps)) revealing each position, e.g.
-        `reveal_steps(N, num_steps)`.
+        `reveal_steps((h, w), num_steps)`.
       num_steps: T, the number of groups.
       codebook_size: K.
       mask_id: the [MASK] token id the model was trained with.
@@ -115,8 +148,8 @@ def uniform_bits(seq_len: int, codebook_size: int) -> float:
 
 
 def evaluate_workdir(transformer_workdir: str, *, num_images: int = 0, batch_size: int = 0,
-                     num_steps: int = 0, order: str = "random", seed: int = 0,
-                     split: str = "validation") -> dict[str, float]:
+                     num_steps: int = 0, order: str = "qlds", seed: int = 0,
+                     alpha: float = M2T_ALPHA, split: str = "validation") -> dict[str, float]:
     """Mean compression cost over `num_images` images of `split`, with a finished stage-II run.
 
     Args:
@@ -126,7 +159,8 @@ def evaluate_workdir(transformer_workdir: str, *, num_images: int = 0, batch_siz
       batch_size: images per batch (0: the run's `evaluators.batch_size`).
       num_steps: groups of the masking order (0: the run's `sampling.num_steps`, capped at the
         sequence length).
-      order: `random` (a fixed permutation from `seed`) or `raster`.
+      order: `qlds` (M2T's), `random` (a fixed permutation from `seed`) or `raster`.
+      alpha: exponent of the group sizes (M2T's power schedule).
       split: the data split to code.
 
     Returns:
@@ -154,8 +188,7 @@ def evaluate_workdir(transformer_workdir: str, *, num_images: int = 0, batch_siz
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size}: must be >= 1")
     steps = int(num_steps or min(int(config.sampling.num_steps), task.seq_len))
-    reveal = jnp.asarray(reveal_steps(task.seq_len, steps, order=order, seed=seed,
-                                      schedule=config.sampling.schedule))
+    reveal = jnp.asarray(reveal_steps(task.grid, steps, order=order, seed=seed, alpha=alpha))
     model = task.model
     tokenize = jax.jit(task.tokenize)
 
@@ -175,4 +208,5 @@ def evaluate_workdir(transformer_workdir: str, *, num_images: int = 0, batch_siz
     return {"compression_bits": mean, "bits_per_token": mean / task.seq_len,
             "uniform_bits": uniform_bits(task.seq_len, task.codebook_size),
             "num_images": int(bits.size), "seq_len": int(task.seq_len),
-            "codebook_size": int(task.codebook_size), "num_steps": steps}
+            "codebook_size": int(task.codebook_size), "num_steps": steps, "order": order,
+            "alpha": float(alpha)}

@@ -5,9 +5,10 @@ and re-mask the rest so that gamma((t+1)/T) * N stay masked (cosine schedule). C
 sampled token's log-probability plus Gumbel noise whose temperature anneals linearly to 0; tokens
 already fixed are never re-masked or changed, and the last step leaves no token masked.
 
-Guidance (MaskGIT / Muse convention): logits = cond + scale * (cond - uncond), where uncond uses
-the null class. scale = 0 is the purely conditional model; the FSQ paper's "guidance weight 0.1
-(VQ) / 0.2 (FSQ)" is this scale.
+Guidance (FSQ paper Sec. 4.3, as MAGVIT's maskgvt_train_lib.py decode_fn_with_guidance):
+logits = cond + scale * (cond - uncond), where uncond is the pass with the [MASK] token in the
+class position (`masking.UNCONDITIONAL`), the input label dropout trains. scale = 0 is the purely
+conditional model; the FSQ paper's "guidance weight 0.1 (VQ) / 0.2 (FSQ)" is this scale.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def guided_logits(cond: jax.Array, uncond: jax.Array, scale: float | jax.Array) 
     return cond + scale * (cond - uncond)
 
 
-def guided_logits_fn(logits_fn: LogitsFn, null_class: int,
+def guided_logits_fn(logits_fn: LogitsFn,
                      guidance_scale: float | jax.Array | None) -> LogitsFn:
     """Wraps a conditional logits function with classifier-free guidance.
 
     `guidance_scale=None` returns `logits_fn` itself (one forward pass, conditional only);
-    otherwise the conditional and null-class passes run as one batch of 2B.
+    otherwise the conditional pass and the unconditional one (labels `masking.UNCONDITIONAL`,
+    the class token masked) run as one batch of 2B.
     """
     if guidance_scale is None:
         return logits_fn
@@ -62,7 +64,7 @@ def guided_logits_fn(logits_fn: LogitsFn, null_class: int,
         batch = tokens.shape[0]
         both = logits_fn(
             jnp.concatenate([tokens, tokens], axis=0),
-            jnp.concatenate([labels, jnp.full_like(labels, null_class)], axis=0),
+            jnp.concatenate([labels, jnp.full_like(labels, masking.UNCONDITIONAL)], axis=0),
         )
         return guided_logits(both[:batch], both[batch:], guidance_scale)
 
@@ -143,7 +145,6 @@ def sample_tokens(
     *,
     seq_len: int,
     mask_id: int,
-    null_class: int,
 ) -> jax.Array:
     """`decode` with classifier-free guidance and the schedule from `config` (`sampling.*`).
 
@@ -151,7 +152,7 @@ def sample_tokens(
     Returns int32 [B, N].
     """
     scale = float(config.guidance_scale)
-    fn = guided_logits_fn(logits_fn, null_class, scale if scale != 0.0 else None)
+    fn = guided_logits_fn(logits_fn, scale if scale != 0.0 else None)
     return decode(
         fn, labels, rng, seq_len=seq_len, mask_id=mask_id, num_steps=int(config.num_steps),
         schedule=config.schedule, choice_temperature=float(config.choice_temperature),

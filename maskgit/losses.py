@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fsq_jax.config_lib import require
+from fsq_jax.config_lib import ConfigError, require
 from fsq_jax.train import npz_init
 
 PERCEPTUAL_NETWORKS = ("none", "inception", "lpips_vgg", "resnet50")
@@ -37,12 +37,12 @@ class LossConfig:
     perceptual_network: Literal["none", "inception", "lpips_vgg", "resnet50"]
     perceptual_weights: str  # .npz path for lpips_vgg / resnet50
     perceptual_weight: float
-    # resnet50: compare the 1000 ImageNet logits (MAGVIT's configs set perceptual_loss_on_logit
-    # True) or, if False, the last [7, 7, 2048] feature map.
+    # resnet50: compare the 1000 ImageNet logits (True) or the last [7, 7, 2048] feature map
+    # (False, MaskGIT's vqgan_config perceptual_loss_on_logit; MAGVIT's configs set True).
     perceptual_on_logits: bool
     adversarial_weight: float  # generator's non-saturating loss weight
     discriminator_start: int  # step at which the adversarial terms switch on
-    r1_weight: float  # gamma of the R1 penalty: gamma / 2 * E ||grad D(real)||^2
+    r1_weight: float  # R1 cost: r1_weight * E ||grad D(real)||^2 (MAGVIT grad_penalty_cost)
     lecam_weight: float  # 0 disables LeCam regularisation
     lecam_ema_decay: float
     quantizer_weight: float  # scales the quantizer's own aux loss
@@ -82,7 +82,7 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Ar
 
 
 def r1_penalty(discriminator_fn: Callable[[jax.Array], jax.Array], real: jax.Array) -> jax.Array:
-    """R1 (Mescheder et al. 2018): E_x ||grad_x D(x)||^2 over real images (without gamma / 2).
+    """R1 (Mescheder et al. 2018): E_x ||grad_x D(x)||^2 over real images (without the cost).
 
     discriminator_fn: images [B, H, W, C] -> logits [B]; real: [B, H, W, C] -> scalar.
     """
@@ -322,7 +322,7 @@ def _inception_network() -> tuple[PerceptualNetwork, Any]:
     try:
         model, variables = inception.load()
     except FileNotFoundError as error:
-        raise ValueError(
+        raise ConfigError(
             "loss.perceptual_network = 'inception': the FID InceptionV3 weights are not in the "
             "cache; run `make inception` once (offline afterwards) or set "
             f"loss.perceptual_network = 'none' ({error})"
@@ -353,7 +353,7 @@ def load_perceptual(config: ml_collections.ConfigDict) -> tuple[PerceptualNetwor
         raise ValueError(f"loss.perceptual_network = {name!r}: one of {PERCEPTUAL_NETWORKS}")
     path = config.perceptual_weights
     if not path or not os.path.exists(path):
-        raise ValueError(
+        raise ConfigError(
             f"loss.perceptual_weights = {path!r}: loss.perceptual_network = {name!r} needs its "
             "pretrained weights as a local .npz (they are never downloaded); set the path or use "
             "loss.perceptual_network = 'none'"

@@ -1,7 +1,10 @@
-"""Masking schedules for MaskGIT: the training-time random mask and the decoding-time schedule.
+"""Masking for MaskGIT: the training-time random mask, the decoding-time schedule and the
+masked class token of classifier-free guidance.
 
 MaskGIT samples a masking ratio from the cosine schedule per example; the FSQ paper adds a floor
 (at least 45% of tokens masked) which stabilised training. Masks here hold an exact token count.
+For guidance the FSQ paper (Sec. 4.3) masks the class too: "we replace 10% of the class labels
+with the MASK token"; the unconditional logits at sampling come from the same masked class token.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from fsq_jax.config_lib import require
 
 Schedule = Literal["cosine", "linear", "square"]
 SCHEDULES = typing.get_args(Schedule)
+# The label of the unconditional input: the transformer puts the [MASK] token in the class
+# position for it (`maskgit.transformer.class_token_id`).
+UNCONDITIONAL = -1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,7 +32,7 @@ class MaskingConfig:
 
     schedule: Schedule  # masking ratio gamma(r) of a uniform r (MaskGIT: cosine)
     min_ratio: float  # at least this fraction of the tokens is masked
-    label_dropout: float  # labels replaced by the null class this often (for guidance)
+    label_dropout: float  # class tokens replaced by [MASK] this often (for guidance)
 
     def __post_init__(self):
         require(0.0 <= self.min_ratio < 1.0, "min_ratio", "must be in [0, 1)")
@@ -102,3 +108,13 @@ def random_mask(
     ratio_rng, position_rng = jax.random.split(rng)
     ratio = sample_mask_ratio(ratio_rng, batch, min_ratio, method)
     return mask_by_count(position_rng, num_masked(ratio, seq_len, min_ratio), seq_len)
+
+
+def drop_labels(rng: jax.Array, labels: jax.Array, rate: float) -> jax.Array:
+    """Labels with each one replaced by `UNCONDITIONAL` with probability `rate` (the FSQ paper's
+    label dropout for classifier-free guidance). int [B] -> int32 [B]."""
+    labels = labels.astype(jnp.int32)
+    if rate <= 0:
+        return labels
+    drop = jax.random.bernoulli(rng, rate, labels.shape)
+    return jnp.where(drop, UNCONDITIONAL, labels)

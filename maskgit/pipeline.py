@@ -1,8 +1,10 @@
 """Train MaskGIT end to end: stage I (tokenizer), then stage II (transformer) on its tokens.
 
 Shared by `make demo` and the codebook-size sweep. A stage whose workdir already holds a finished
-run of the very same config is reused instead of retrained, so re-running a command only does
-the work that is missing; an interrupted stage resumes from its checkpoints.
+run of the same config is reused instead of retrained, so re-running a command only does the work
+that is missing; an interrupted stage resumes from its checkpoints. "The same config" is the
+training loop's rule (`fsq_jax.train.resume`): equal up to the fields that may change on resume
+(total_steps, periods, evaluator sizes, ...), so raising `total_steps` trains a stage on.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from fsq_jax import config_lib, run_dir
+from fsq_jax import config_lib
 
 STAGES = ("tokenizer", "transformer")
 
@@ -42,18 +44,15 @@ class MaskGITRun:
 
 def finished_results(config: ml_collections.ConfigDict, workdir: str
                      ) -> dict[str, Any] | None:
-    """The stored results of `workdir` if it holds a finished run of exactly `config`, else None.
+    """The stored results of `workdir` if it holds a finished run of `config`, else None.
 
     Finished means `results.json` exists with `step >= config.total_steps` and `config.json`
-    equals `config` (compared as JSON).
+    differs from `config` at most in the fields a run may change on resume (the training
+    loop's own rule, `fsq_jax.train.resume.finished_results`).
     """
-    results = run_dir.read_json(os.path.join(workdir, run_dir.RESULTS_FILE))
-    stored = run_dir.read_json(os.path.join(workdir, run_dir.CONFIG_FILE))
-    if not isinstance(results, dict) or stored != run_dir.config_json(config):
-        return None
-    if int(results.get("step", -1)) < int(config.total_steps):
-        return None
-    return results
+    from fsq_jax.train import resume
+
+    return resume.finished_results(config, workdir)
 
 
 def run_stage(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False
@@ -79,15 +78,15 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, *, restart: bool 
     if results is not None:
         print(f"reusing {workdir} (finished at step {results['step']})", flush=True)
         return results
-    stored = run_dir.read_json(os.path.join(workdir, run_dir.CONFIG_FILE))
-    if stored is not None and stored != run_dir.config_json(config):
-        changed = sorted(config_lib.changed_fields(stored, run_dir.config_json(config)))
-        raise ValueError(
-            f"workdir {workdir!r} holds a run of a different config (fields differ: "
-            f"{', '.join(changed[:5]) or 'unknown'}); restart it (restart=True / --restart) or "
-            "choose another workdir"
-        )
     from fsq_jax import train
+    from fsq_jax.train import resume
+
+    try:
+        resume.check_config(config, workdir)
+    except resume.ConfigChangedError as changed:
+        raise ValueError(
+            f"workdir {workdir!r} holds a run of a different config ({changed.changed or changed})"
+            "; restart it (restart=True / --restart) or choose another workdir") from None
 
     action = "resuming" if os.path.isdir(os.path.join(workdir, "checkpoints")) else "training"
     print(f"training {workdir} ({action}, {config.total_steps} steps, task {config.task})",

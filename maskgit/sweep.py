@@ -9,6 +9,7 @@ and the compression cost, and writes `<workdir>/sweep.csv` and the 4-panel `<wor
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,7 @@ from maskgit import compression, pipeline, tokenizer
 
 MEASUREMENTS_FILE = "measurements.json"
 QUANTIZERS = ("vq", "fsq")
-ORDERS = ("random", "raster")
+ORDERS = compression.ORDERS
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"compression.num_steps = {config.compression.num_steps}: must be >= 1")
     if config.compression.order not in ORDERS:
         raise ValueError(f"compression.order = {config.compression.order!r}: one of {ORDERS}")
+    if not config.compression.alpha > 0:
+        raise ValueError(f"compression.alpha = {config.compression.alpha}: must be > 0")
 
 
 def plan(config: ml_collections.ConfigDict) -> list[RunSpec]:
@@ -155,7 +158,7 @@ def _cached_measurements(config: ml_collections.ConfigDict, maskgit_run: Any) ->
     values.update(compression.evaluate_workdir(
         maskgit_run.transformer_dir, num_images=int(cc.num_images),
         batch_size=int(cc.batch_size), num_steps=int(cc.num_steps), order=cc.order,
-        seed=int(cc.seed)))
+        seed=int(cc.seed), alpha=float(cc.alpha)))
     run_dir.write_json(path, {"key": key, "values": values})
     return values
 
@@ -194,7 +197,8 @@ def _result_line(run: RunSpec, row: Mapping[str, Any], took: float) -> str:
     return (f"    {run.name}: recon FID {fmt(row['recon_fid']) or '-'}, sampling FID "
             f"{fmt(row['sampling_fid']) or '-'}, usage {row['usage']:.1%} "
             f"({row['used_codes']}/{row['codebook_size']}), compression "
-            f"{row['compression_bits']:.1f} bits/image ({actions.format_duration(took)})")
+            f"{row['bits_per_token']:.3f} bits/token ({row['compression_bits']:.1f} bits/image; "
+            f"uniform {math.log2(row['codebook_size']):.3f}) ({actions.format_duration(took)})")
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False,

@@ -20,11 +20,12 @@ import numpy as np
 import optax
 
 from fsq_jax import images as image_lib
-from fsq_jax import quantizers, run_dir
+from fsq_jax import quantizers
 from fsq_jax.config_lib import LoopConfig, OptimizerConfig, require
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.quantizers.registry import QuantizerConfig
 from fsq_jax.train import optim
+from fsq_jax.train.checkpoint import restore_latest
 from fsq_jax.train.evaluation import run_sharded
 from fsq_jax.train.frozen import FrozenStage, frozen_from_variables, read_frozen_config
 from fsq_jax.train.state import TrainState
@@ -74,6 +75,44 @@ class TokenizerTaskConfig(LoopConfig):
         size = self.data.image_size
         require(size >= 8 and size & (size - 1) == 0, "data.image_size",
                 "the discriminator needs a power of two >= 8")
+
+
+def discriminator_objective(discriminate: Callable[[jax.Array], jax.Array], real: jax.Array,
+                            fake: jax.Array, cfg: ml_collections.ConfigDict,
+                            lecam_ema: Mapping[str, jax.Array] | None = None
+                            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The discriminator's loss and its metrics, as MAGVIT's vqgan_trainer.py `d_loss =
+    d_adversarial_loss + grad_penalty + lecam_loss`.
+
+    grad_penalty = `loss.r1_weight` * mean over the batch of ||grad_x D(x)||^2 on the real
+    images: MAGVIT's losses.py `r1_gradient_penalty` (penalty_cost * mean(sum(square(grad)))),
+    with MaskGIT's vqgan_config `grad_penalty_cost = 10`. The gradient is the vjp of the logits
+    with ones, as there.
+
+    Args:
+      discriminate: images [B, H, W, 3] -> logits [B].
+      real, fake: images [B, H, W, 3] (fake without gradient to the generator).
+      cfg: `loss.*` (r1_weight, lecam_weight).
+      lecam_ema: {"real", "fake"} EMAs of the mean logits when `lecam_weight > 0`.
+    """
+    real_logits, pullback = jax.vjp(discriminate, real)
+    fake_logits = discriminate(fake)
+    loss = losses.discriminator_loss(real_logits, fake_logits)
+    total = loss
+    aux = {"discriminator_loss": loss, "logits_real": jnp.mean(real_logits),
+           "logits_fake": jnp.mean(fake_logits),
+           "r1_penalty": jnp.zeros(()), "lecam": jnp.zeros(())}
+    if cfg.r1_weight > 0:
+        (grads,) = pullback(jnp.ones_like(real_logits))
+        r1 = jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
+        total = total + cfg.r1_weight * r1
+        aux["r1_penalty"] = r1
+    if cfg.lecam_weight > 0:
+        lecam = losses.lecam_regularizer(real_logits, fake_logits, lecam_ema["real"],
+                                         lecam_ema["fake"])
+        total = total + cfg.lecam_weight * lecam
+        aux["lecam"] = lecam
+    return total, aux
 
 
 class TokenizerTask:
@@ -165,25 +204,9 @@ class TokenizerTask:
         )(state.params["generator"])
         fake = jax.lax.stop_gradient(recon)
 
-        def discriminator_objective(params):
-            real_logits, pullback = jax.vjp(lambda x: disc(params, x), real)
-            fake_logits = disc(params, fake)
-            loss = losses.discriminator_loss(real_logits, fake_logits)
-            total = loss
-            aux = {"discriminator_loss": loss, "logits_real": jnp.mean(real_logits),
-                   "logits_fake": jnp.mean(fake_logits),
-                   "r1_penalty": jnp.zeros(()), "lecam": jnp.zeros(())}
-            if cfg.r1_weight > 0:
-                (grads,) = pullback(jnp.ones_like(real_logits))
-                r1 = jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
-                total = total + 0.5 * cfg.r1_weight * r1
-                aux["r1_penalty"] = r1
-            if cfg.lecam_weight > 0:
-                ema = state.model_state["lecam"]
-                lecam = losses.lecam_regularizer(real_logits, fake_logits, ema["real"], ema["fake"])
-                total = total + cfg.lecam_weight * lecam
-                aux["lecam"] = lecam
-            return total, aux
+        def d_objective(params):
+            return discriminator_objective(functools.partial(disc, params), real, fake, cfg,
+                                           state.model_state.get("lecam"))
 
         model_state = dict(state.model_state)
         if STATE_COLLECTION in updated:
@@ -193,8 +216,7 @@ class TokenizerTask:
             new_state = g_only()
             d_metrics: dict[str, jax.Array] = {}
         else:
-            (_, d_metrics), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(
-                d_params)
+            (_, d_metrics), d_grads = jax.value_and_grad(d_objective, has_aux=True)(d_params)
             if cfg.lecam_weight > 0:
                 decay = jnp.where(active, cfg.lecam_ema_decay, 1.0)
                 ema = state.model_state["lecam"]
@@ -294,6 +316,40 @@ class TransformerLossConfig:
         require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
 
 
+def per_example_masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over each example's masked positions, then over the batch. values, mask: [B, N]."""
+    weights = mask.astype(jnp.float32)
+    per_example = jnp.sum(values * weights, axis=-1) / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+    return jnp.mean(per_example)
+
+
+def masked_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array,
+                      label_smoothing: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Stage II's loss and metrics: label-smoothed cross entropy of the image codes at the
+    masked positions, averaged per example, then over the batch.
+
+    MaskGIT's libml/losses.py `weighted_sequence_cross_entropy_loss` (sum(loss * weights, -1) /
+    sum(weights, -1), then the mean; smoothing (1 - s) one_hot + s / K) with the masked
+    positions as weights, as MAGVIT's maskgvt_trainer.py `train_step`; the softmax runs over the
+    K image codes (MAGVIT slices `logits[..., :vq_codebook_size]` before it).
+
+    Args:
+      logits: float [B, N, K]; tokens: int [B, N] in [0, K); mask: bool [B, N] (True = masked,
+        at least one per example as `masking.random_mask` draws them).
+
+    Returns:
+      (loss, {"loss", "nll", "accuracy", "mask_ratio"}), each a per-example masked mean.
+    """
+    logits = logits.astype(jnp.float32)
+    targets = optax.smooth_labels(jax.nn.one_hot(tokens, logits.shape[-1]), label_smoothing)
+    loss = per_example_masked_mean(optax.softmax_cross_entropy(logits, targets), mask)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1)[..., 0]
+    correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
+    return loss, {"loss": loss, "nll": per_example_masked_mean(nll, mask),
+                  "accuracy": per_example_masked_mean(correct, mask),
+                  "mask_ratio": jnp.mean(mask.astype(jnp.float32))}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TransformerTaskConfig(LoopConfig):
     """Stage II (configs/maskgit/transformer.py)."""
@@ -346,7 +402,6 @@ class TransformerTask:
         self.codebook_size = quantizers.codebook_size(self.tokenizer_config.quantizer)
         self.num_classes = num_classes(config)
         self.mask_id = transformer.mask_token_id(self.codebook_size)
-        self.null_class = self.num_classes
         self.model = transformer.MaskedTransformer(
             config.model, self.codebook_size, self.num_classes, self.seq_len
         )
@@ -356,7 +411,7 @@ class TransformerTask:
         """The task of a stage-II run and its newest checkpoint (host numpy dict), read without
         changing the workdir; the frozen tokenizer's variables come from that checkpoint and
         its architecture from `tokenizer_workdir/config.json`."""
-        config, restored = run_dir.restore_latest(workdir)
+        config, restored = restore_latest(workdir)
         if "tokenizer" not in (restored.get("model_state") or {}):
             raise ValueError(f"{workdir!r} is not a MaskGIT transformer run (no frozen tokenizer "
                              "in its checkpoint)")
@@ -382,10 +437,11 @@ class TransformerTask:
     def data_fn(self, data_config: ml_collections.ConfigDict, split: str, batch_size: int,
                 **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
         """The loop's batches (`fsq_jax.data.build`'s signature): with `token_cache.dir` set,
-        the train split comes from the token cache (built on first use), else images."""
+        the train split comes from the token cache (built on first use), else images (always
+        for evaluation: the FID reference reads the train images)."""
         from fsq_jax import data
 
-        if split != "train" or not self.config.token_cache.dir:
+        if split != "train" or not self.config.token_cache.dir or kwargs.get("evaluation"):
             return data.build(data_config, split, batch_size, **kwargs)
         return data.batches(self._token_source, data_config, split, batch_size, **kwargs)
 
@@ -428,25 +484,12 @@ class TransformerTask:
         mask = masking.random_mask(mask_rng, tokens.shape[0], self.seq_len, cfg.min_ratio,
                                    cfg.schedule)
         inputs = jnp.where(mask, self.mask_id, tokens)
-        if drop_labels and cfg.label_dropout > 0:
-            drop = jax.random.bernoulli(label_rng, cfg.label_dropout, labels.shape)
-            labels = jnp.where(drop, self.null_class, labels)
-        return inputs, labels.astype(jnp.int32), mask
+        rate = cfg.label_dropout if drop_labels else 0.0
+        return inputs, masking.drop_labels(label_rng, labels, rate), mask
 
     def _loss(self, logits: jax.Array, tokens: jax.Array, mask: jax.Array
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Label-smoothed cross entropy averaged over masked positions only."""
-        smoothing = self.config.loss.label_smoothing
-        targets = optax.smooth_labels(jax.nn.one_hot(tokens, self.codebook_size), smoothing)
-        per_token = optax.softmax_cross_entropy(logits, targets)
-        weights = mask.astype(jnp.float32)
-        count = jnp.maximum(jnp.sum(weights), 1.0)
-        loss = jnp.sum(per_token * weights) / count
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1)[..., 0]
-        correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
-        return loss, {"loss": loss, "nll": jnp.sum(nll * weights) / count,
-                      "accuracy": jnp.sum(correct * weights) / count,
-                      "mask_ratio": jnp.mean(weights)}
+        return masked_token_loss(logits, tokens, mask, self.config.loss.label_smoothing)
 
     def batch_tokens(self, state: TrainState, batch: Batch) -> jax.Array:
         """int32 tokens [B, N] of a batch: its "tokens" (from a token cache) when it has them,
@@ -471,7 +514,6 @@ class TransformerTask:
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params["transformer"])
-        metrics["grad_norm"] = optax.global_norm(grads)
         return state.apply_gradients({"transformer": grads}), metrics
 
     def eval_step(self, state: TrainState, batch: Batch, rng: jax.Array
@@ -492,9 +534,7 @@ class TransformerTask:
         logits_fn = lambda tokens, y: self.model.apply({"params": params}, tokens, y,
                                                        train=False)
         tokens = decoding.sample_tokens(
-            logits_fn, labels, rng, sampling, seq_len=self.seq_len, mask_id=self.mask_id,
-            null_class=self.null_class,
-        )
+            logits_fn, labels, rng, sampling, seq_len=self.seq_len, mask_id=self.mask_id)
         images = self.tokenizer.apply(
             tokenizer_variables, tokens.reshape(-1, *self.grid), method="decode_tokens"
         )

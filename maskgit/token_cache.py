@@ -6,9 +6,11 @@ codebook size, the data fields that decide the images, passes). It covers `passe
 train split as the input pipeline yields them in order, each pass with its own crop / flip draws.
 Training then reads it through `fsq_jax.data.batches`, shuffled by the data seed like images.
 
-A cache is written into a temporary sibling directory and renamed into place when complete, so an
-interrupted build never leaves a cache that looks finished; an existing cache made by another
-tokenizer or other data is refused with the field that differs, never overwritten.
+A cache is written into a temporary sibling directory (`<dir>.partial-<pid>`) and renamed into
+place when complete, so an interrupted build never leaves a cache that looks finished; a build
+stopped by SIGTERM (or killed) is continued by the next one, and staging directories of dead
+builds are cleaned up. An existing cache made by another tokenizer or other data is refused with
+the field that differs, never overwritten.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -28,14 +31,18 @@ import numpy as np
 
 from fsq_jax.config_lib import require
 from fsq_jax.data.errors import DataError
+from fsq_jax.train.stopping import StopFlag, StopRequestedError
 
 META_FILE = "meta.json"
 TOKENS_FILE = "tokens.npy"
 LABELS_FILE = "labels.npy"
+PROGRESS_FILE = "progress.json"  # in a staging directory: rows finished so far
+_PARTIAL = ".partial-"  # staging directory: <cache dir>.partial-<pid>
+_PROGRESS_EVERY_S = 10.0
 FORMAT_VERSION = 1
 # The data fields that decide which images (and so which tokens) the train stream holds.
 DATA_FIELDS = ("source", "image_size", "seed", "crop", "random_flip", "min_objects",
-               "max_objects", "train_size")
+               "max_objects", "train_size", "folder_holdout")
 
 
 class TokenCacheError(DataError):
@@ -135,6 +142,12 @@ def build(directory: str, data_config: ml_collections.ConfigDict,
 
     `tokenize`: host function uint8 images [B, H, W, 3] -> int tokens [B, h, w]. Progress
     (images/s, ETA) goes to `log`. Returns the finished cache.
+
+    SIGTERM / SIGINT stop the build within one batch: what is written stays in the staging
+    directory with its progress record and `StopRequestedError` is raised; the next build of the
+    same cache (same `meta`) continues from there, also after a kill -9 (from the last record, at
+    most `_PROGRESS_EVERY_S` old). Staging directories of dead builds that do not fit are
+    deleted.
     """
     from fsq_jax import data
 
@@ -146,50 +159,144 @@ def build(directory: str, data_config: ml_collections.ConfigDict,
     length = meta["grid"][0] * meta["grid"][1]
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
-    staging = f"{os.path.abspath(directory)}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    staging = f"{os.path.abspath(directory)}{_PARTIAL}{os.getpid()}"
+    written = _adopt_orphan(directory, staging, meta, total, log)
+    mode = "r+" if written else "w+"
+    if not written:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
     try:
-        tokens = np.lib.format.open_memmap(os.path.join(staging, TOKENS_FILE), mode="w+",
+        tokens = np.lib.format.open_memmap(os.path.join(staging, TOKENS_FILE), mode=mode,
                                            dtype=_token_dtype(meta["codebook_size"]),
                                            shape=(total, length))
-        labels = np.lib.format.open_memmap(os.path.join(staging, LABELS_FILE), mode="w+",
+        labels = np.lib.format.open_memmap(os.path.join(staging, LABELS_FILE), mode=mode,
                                            dtype=np.int32, shape=(total,))
-        written, started, last_report = 0, time.monotonic(), 0.0
-        for batch in _train_images(data_config, batch_size, passes, total):
-            count = batch["image"].shape[0]
-            codes = np.asarray(tokenize(batch["image"])).reshape(count, -1)
-            if codes.min() < 0 or codes.max() >= meta["codebook_size"]:
-                raise TokenCacheError(f"tokenizer produced codes outside [0, "
-                                      f"{meta['codebook_size']}): {codes.min()}..{codes.max()}")
-            tokens[written:written + count] = codes
-            labels[written:written + count] = batch["label"]
-            written += count
-            elapsed = time.monotonic() - started
-            if elapsed - last_report >= 10 or written == total:
-                rate = written / max(elapsed, 1e-9)
-                log(f"token cache: {written}/{total} images ({100 * written / total:.0f}%) "
-                    f"{rate:.0f} images/s ETA {(total - written) / max(rate, 1e-9):.0f}s")
-                last_report = elapsed
+        _record(staging, meta, total, written, tokens, labels)
+        started, last_report, resumed_at = time.monotonic(), 0.0, written
+        with StopFlag() as stop:
+            for batch in _train_images(data_config, batch_size, passes, total, written):
+                count = batch["image"].shape[0]
+                codes = np.asarray(tokenize(batch["image"])).reshape(count, -1)
+                if codes.min() < 0 or codes.max() >= meta["codebook_size"]:
+                    raise TokenCacheError(f"tokenizer produced codes outside [0, "
+                                          f"{meta['codebook_size']}): {codes.min()}..{codes.max()}")
+                tokens[written:written + count] = codes
+                labels[written:written + count] = batch["label"]
+                written += count
+                elapsed = time.monotonic() - started
+                if stop.is_set():
+                    _record(staging, meta, total, written, tokens, labels)
+                    raise StopRequestedError(
+                        f"token cache {directory!r}: stopped on request at {written}/{total} "
+                        f"images; kept in {staging}, the next build continues from there")
+                if elapsed - last_report >= _PROGRESS_EVERY_S or written == total:
+                    _record(staging, meta, total, written, tokens, labels)
+                    rate = (written - resumed_at) / max(elapsed, 1e-9)
+                    log(f"token cache: {written}/{total} images ({100 * written / total:.0f}%) "
+                        f"{rate:.0f} images/s ETA {(total - written) / max(rate, 1e-9):.0f}s")
+                    last_report = elapsed
         tokens.flush()
         labels.flush()
         del tokens, labels
+        os.remove(os.path.join(staging, PROGRESS_FILE))
         with open(os.path.join(staging, META_FILE), "w") as f:
             json.dump({**meta, "num_examples": total}, f, indent=2)
         os.replace(staging, directory)
+    except StopRequestedError:
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return TokenCacheSource(directory, meta)
 
 
+def _record(staging: str, meta: Mapping[str, Any], total: int, written: int,
+            *arrays: np.memmap) -> None:
+    """Flushes the staging arrays, then records how many of their rows are final."""
+    for array in arrays:
+        array.flush()
+    record = {"meta": dict(meta), "total": total, "written": written,
+              "host": socket.gethostname(), "pid": os.getpid()}
+    tmp = os.path.join(staging, f"{PROGRESS_FILE}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(staging, PROGRESS_FILE))
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _orphans(directory: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """(path, progress record or None) of the staging directories of `directory` that a build
+    on this host left behind when it died or stopped (this process's own included); staging
+    directories of live builds and of other hosts (which this host cannot judge) are not
+    listed."""
+    parent, base = os.path.split(os.path.abspath(directory))
+    found = []
+    for name in sorted(os.listdir(parent)):
+        pid = name[len(base) + len(_PARTIAL):]
+        if not name.startswith(base + _PARTIAL) or not pid.isdigit():
+            continue
+        path = os.path.join(parent, name)
+        try:
+            with open(os.path.join(path, PROGRESS_FILE)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            record = None
+        host = record.get("host") if isinstance(record, dict) else None
+        if host not in (None, socket.gethostname()) or (
+                int(pid) != os.getpid() and _pid_running(int(pid))):
+            continue
+        found.append((path, record if isinstance(record, dict) else None))
+    return found
+
+
+def _adopt_orphan(directory: str, staging: str, meta: Mapping[str, Any], total: int,
+                  log: Callable[[str], None]) -> int:
+    """Moves the furthest orphaned staging directory of this very cache to `staging` and returns
+    its finished row count (0 when there is none); deletes every other orphan."""
+    candidates = []
+    for path, record in _orphans(directory):
+        fits = (record is not None and record.get("meta") == json.loads(json.dumps(meta))
+                and record.get("total") == total and 0 < int(record.get("written", 0)) <= total)
+        if fits:
+            candidates.append((int(record["written"]), path))
+        else:
+            log(f"token cache: removing {path}, left by a build that died and made for other "
+                "inputs")
+            shutil.rmtree(path, ignore_errors=True)
+    candidates.sort(reverse=True)
+    for _, path in candidates[1:]:
+        log(f"token cache: removing {path}, left by a build that died (a further one is kept)")
+        shutil.rmtree(path, ignore_errors=True)
+    if not candidates:
+        return 0
+    written, path = candidates[0]
+    try:
+        os.rename(path, staging)
+    except FileNotFoundError:  # another build on this host adopted it first
+        return 0
+    log(f"token cache: continuing the build in {path} at {written}/{total} images")
+    return written
+
+
 def _train_images(data_config: ml_collections.ConfigDict, batch_size: int, passes: int,
-                  total: int) -> Iterator[dict[str, np.ndarray]]:
-    """The train split in stream order (no shuffle) for `passes` passes, in batches of
-    `batch_size` (the last one partial: no example is dropped)."""
+                  total: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """The train split in stream order (no shuffle) for `passes` passes from example `start`
+    on, in batches of `batch_size` (the last one partial: no example is dropped)."""
     from fsq_jax import data
 
-    stream = data.build(data_config, "train", 1, shuffle=False, num_epochs=passes)
+    stream = data.build(data_config, "train", 1, shuffle=False, num_epochs=passes,
+                        start_step=start)
     images, labels = [], []
     for example in stream:
         images.append(example["image"][0])

@@ -8,7 +8,6 @@ back) codes to pixels. Which quantizer sits in the middle is purely a config cho
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -228,11 +227,6 @@ def token_grid(config: ml_collections.ConfigDict, image_size: int) -> tuple[int,
     return image_size // factor, image_size // factor
 
 
-def param_count(params: Any) -> int:
-    """Number of scalars in a params pytree (works on ShapeDtypeStructs too)."""
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
-
-
 __all__: Sequence[str] = (
     "Decoder",
     "Encoder",
@@ -241,6 +235,5 @@ __all__: Sequence[str] = (
     "TokenizerModelConfig",
     "build",
     "downsample_factor",
-    "param_count",
     "token_grid",
 )

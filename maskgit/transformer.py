@@ -2,8 +2,10 @@
 
 BERT-style (post-LayerNorm) encoder: token + learned position embeddings, full self-attention,
 and an MLM head whose output layer is tied to the token embedding. The vocabulary holds the image
-codes, one mask token and the class tokens (with one extra "null" class for classifier-free
-guidance); the head predicts image codes only.
+codes, one mask token and the class tokens; the head predicts image codes only. The
+unconditional input of classifier-free guidance puts the mask token in the class position (FSQ
+paper Sec. 4.3: "we replace 10% of the class labels with the MASK token"), so there is no extra
+"null" class.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class TransformerModelConfig:
     num_heads: int
     mlp_dim: int
     dropout_rate: float
+    # Dropout on the attention weights (softmax output), one mask shared by the batch and the
+    # heads as flax's dot_product_attention(broadcast_dropout=True), which MaskGIT's
+    # nets/maskgit_transformer.py calls with attention_probs_dropout_prob = dropout_rate.
+    attention_dropout: float
     initializer_range: float
     dtype: DTypeName  # compute dtype; params stay float32
     # Attention kernel: "xla" (any backend) or "cudnn" (fused flash attention; GPU with
@@ -51,8 +57,12 @@ class TransformerModelConfig:
         require(self.hidden_size % self.num_heads == 0, "num_heads",
                 f"must divide model.hidden_size ({self.hidden_size})")
         require(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "must be in [0, 1)")
+        require(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)")
         require(self.attention != "cudnn" or self.dtype == "bfloat16", "attention",
                 "'cudnn' needs model.dtype = 'bfloat16'")
+        require(self.attention != "cudnn" or self.attention_dropout == 0.0, "attention_dropout",
+                "the fused 'cudnn' attention has no attention-weight dropout: set "
+                "model.attention_dropout = 0 with model.attention = 'cudnn'")
 
 
 def attention_implementation(config: ml_collections.ConfigDict) -> str | None:
@@ -86,28 +96,52 @@ def mask_token_id(codebook_size: int) -> int:
 
 
 def class_token_id(label: jax.Array, codebook_size: int) -> jax.Array:
-    """Vocabulary id of class `label` (label == num_classes is the null / unconditional class)."""
-    return label + codebook_size + 1
+    """Vocabulary id of the class position for `label`: class c -> K + 1 + c; the unconditional
+    label (`masking.UNCONDITIONAL`, any negative label) -> the [MASK] id K."""
+    return jnp.where(label < 0, mask_token_id(codebook_size), label + codebook_size + 1)
 
 
 def vocab_size(codebook_size: int, num_classes: int) -> int:
-    """Image codes + [MASK] + classes + null class."""
-    return codebook_size + 1 + num_classes + 1
+    """Image codes + [MASK] + classes."""
+    return codebook_size + 1 + num_classes
+
+
+def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, dropout_rate: float = 0.0,
+              dropout_rng: jax.Array | None = None, implementation: str | None = None
+              ) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v, with dropout on the attention weights when `dropout_rate > 0`.
+
+    query, key, value: [B, N, H, D] -> [B, N, H, D] in value's dtype. The dropout is MaskGIT's
+    (flax `dot_product_attention`, broadcast_dropout=True): one keep-mask [N, N] for the whole
+    batch and every head, kept weights scaled by 1 / (1 - rate); the softmax runs in float32.
+    Without dropout, `jax.nn.dot_product_attention` with `implementation` (None: XLA).
+    """
+    if dropout_rate <= 0:
+        return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+    if implementation is not None:
+        raise ValueError(f"model.attention = {implementation!r} has no attention-weight "
+                         "dropout: set model.attention_dropout = 0")
+    out = nn.dot_product_attention(query, key, value, dropout_rng=dropout_rng,
+                                   dropout_rate=dropout_rate, broadcast_dropout=True,
+                                   deterministic=False, force_fp32_for_softmax=True)
+    return out.astype(value.dtype)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention (no mask: every token sees every token).
 
-    x: [B, N, D] -> [B, N, D]
+    x: [B, N, D] -> [B, N, D]. With `dropout_rate > 0` and `train`, the attention weights get
+    dropout as in MaskGIT (see `attention`).
     """
 
     num_heads: int
     dtype: jnp.dtype
     kernel_init: nn.initializers.Initializer
     implementation: str | None = None  # jax.nn.dot_product_attention's; None = XLA
+    dropout_rate: float = 0.0  # on the attention weights
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         width = x.shape[-1]
         head_dim = width // self.num_heads
         qkv = nn.DenseGeneral(
@@ -115,8 +149,10 @@ class SelfAttention(nn.Module):
             name="qkv",
         )(x)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(query, key, value,
-                                           implementation=self.implementation)
+        dropping = train and self.dropout_rate > 0
+        out = attention(query, key, value, dropout_rate=self.dropout_rate if dropping else 0.0,
+                        dropout_rng=self.make_rng("dropout") if dropping else None,
+                        implementation=self.implementation)
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype, kernel_init=self.kernel_init, name="out"
         )(out)
@@ -132,7 +168,8 @@ class EncoderLayer(nn.Module):
         config = self.config
         dtype = DTYPES[config.dtype]
         init = nn.initializers.truncated_normal(config.initializer_range)
-        y = SelfAttention(config.num_heads, dtype, init, attention_implementation(config))(x)
+        y = SelfAttention(config.num_heads, dtype, init, attention_implementation(config),
+                          config.attention_dropout)(x, train)
         y = nn.Dropout(config.dropout_rate, deterministic=not train)(y)
         x = nn.LayerNorm(epsilon=LAYERNORM_EPS, dtype=dtype, name="attention_ln")(x + y)
         y = nn.Dense(config.mlp_dim, dtype=dtype, kernel_init=init, name="mlp_in")(x)
@@ -148,7 +185,7 @@ class MaskedTransformer(nn.Module):
     Attributes:
       config: `model.*` fields (see `TransformerModelConfig`).
       codebook_size: number of image codes K (ids 0..K-1; K is [MASK]).
-      num_classes: number of classes C (label C is the null class).
+      num_classes: number of classes C.
       seq_len: tokens per image (h * w).
     """
 
@@ -159,7 +196,8 @@ class MaskedTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
-        """tokens: int32 [B, N] (image codes or mask id); labels: int32 [B] in [0, C].
+        """tokens: int32 [B, N] (image codes or mask id); labels: int32 [B] in [0, C), or
+        `masking.UNCONDITIONAL` (-1) for the unconditional input ([MASK] as the class token).
 
         Returns float32 logits [B, N, K] over the image codes.
         """

@@ -127,7 +127,9 @@ def main(argv: list[str]) -> None:
 
     baseline = real_images_baseline(transformer_config, workdir, _RESTART.value)
     pictures = demo.collect_pictures(runs, workdir)
-    report = demo.render(runs, pictures, timings, codebook_sizes=sizes, baseline=baseline)
+    curve_pictures = demo.training_curves(runs, workdir)
+    report = demo.render(runs, pictures, timings, codebook_sizes=sizes, baseline=baseline,
+                         curve_pictures=curve_pictures)
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write(report)

@@ -14,7 +14,6 @@ training run.
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -25,6 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset (default: the workdir's config.json).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.", required=True)
+cli.require_nonempty("workdir")
 _OUT = flags.DEFINE_string("out", "", "Also write the results to this JSON file.")
 
 
@@ -32,18 +32,16 @@ def main(argv: list[str]) -> None:
     cli.start(argv)
     from fsq_jax import run_dir, train
 
-    try:
+    try:  # other failures (config, data, storage) end in one line via cli.run
         config = _CONFIG.value or run_dir.read_config(_WORKDIR.value)
         results = train.evaluate(config, _WORKDIR.value)
-    except train.ConfigError as e:
-        sys.exit(f"config error: {e}")
-    except (FileNotFoundError, ValueError, train.CheckpointError) as e:
-        sys.exit(f"evaluation failed: {e}")
-    except Exception as e:  # disk full / permission denied: one line with the path
-        line = train.error_line(e)
-        if line is None:
+    except (FileNotFoundError, train.CheckpointError) as e:
+        detail = cli.failure_line(e) if getattr(e, "filename", None) else e
+        cli.fail(f"evaluation failed: {detail}", e)
+    except ValueError as e:  # config.json is not JSON
+        if isinstance(e, train.ConfigError):
             raise
-        sys.exit(f"evaluation failed: {line}")
+        cli.fail(f"evaluation failed: {e}", e)
     text = json.dumps(results, indent=2, sort_keys=True)
     print(text)
     if _OUT.value:

@@ -15,10 +15,11 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from fsq_jax.config_lib import files
 from fsq_jax.train import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/sweeps/codebook_size.py:tiny", "Sweep config file and preset.",
+    "config", f"{files.resolve('sweeps/codebook_size.py')}:tiny", "Sweep config file and preset.",
     lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the sweep.", required=True)
 _RESTART = flags.DEFINE_bool("restart", False, "Retrain every run instead of reusing them.")

@@ -13,14 +13,18 @@ import pytest
 from maskgit import compression, transformer
 
 
-def test_reveal_counts_follow_the_cosine_schedule():
-    # N=16, T=4: masked after each step floor(16 cos(pi/2 (t+1)/4)) = 14, 11, 6, 0.
-    np.testing.assert_array_equal(compression.reveal_counts(16, 4), [2, 3, 5, 6])
+def test_reveal_counts_follow_m2ts_power_schedule():
+    # N=64, T=8, alpha=2.2: revealed after step t floor(64 (t/8)^2.2) = 0 (-> 1), 3, 7, 13, 22,
+    # 33, 47, 64.
+    np.testing.assert_array_equal(compression.reveal_counts(64, 8), [1, 2, 4, 6, 9, 11, 14, 17])
+    # alpha = 1: the linear schedule, N/T per step.
+    np.testing.assert_array_equal(compression.reveal_counts(16, 4, alpha=1.0), [4, 4, 4, 4])
     np.testing.assert_array_equal(compression.reveal_counts(5, 5), [1, 1, 1, 1, 1])
     np.testing.assert_array_equal(compression.reveal_counts(7, 1), [7])
     for seq_len, steps in [(64, 12), (64, 8), (256, 12), (13, 12)]:
         counts = compression.reveal_counts(seq_len, steps)
         assert counts.sum() == seq_len and counts.min() >= 1 and len(counts) == steps
+        assert np.all(np.diff(counts[-4:]) >= 0)  # growing groups, as M2T's alpha > 1
 
 
 @pytest.mark.parametrize("seq_len, steps", [(0, 1), (4, 0), (4, 5)])
@@ -29,27 +33,59 @@ def test_reveal_counts_rejects_impossible_step_counts(seq_len, steps):
         compression.reveal_counts(seq_len, steps)
 
 
+def test_qlds_order_is_the_r2_sequence_on_the_grid():
+    """M2T's QLDS: the cells of the R2 points x_n = (0.5 + n / g, 0.5 + n / g^2) mod 1 (g the
+    plastic number), first visits only. By hand on a 4x4 grid: n = 1 -> (0.2549, 0.0698) ->
+    cell (1, 0) = 4; n = 2 -> (0.0098, 0.6397) -> (0, 2) = 2; n = 3 -> (0.7646, 0.2095) -> (3, 0)
+    = 12; n = 4 -> (0.5195, 0.7794) -> (2, 3) = 11."""
+    g = compression.PLASTIC_NUMBER
+    assert g**3 == pytest.approx(g + 1)
+    order = compression.qlds_order((4, 4))
+    np.testing.assert_array_equal(order[:4], [4, 2, 12, 11])
+    np.testing.assert_array_equal(np.sort(order), np.arange(16))
+    for grid in [(8, 8), (16, 16), (3, 5)]:
+        order = compression.reveal_order(grid, "qlds")
+        np.testing.assert_array_equal(np.sort(order), np.arange(grid[0] * grid[1]))
+        # Deterministic: the same order every call, no seed involved.
+        np.testing.assert_array_equal(order, compression.reveal_order(grid, "qlds", seed=7))
+
+
+def test_qlds_groups_spread_over_the_grid():
+    """The point of QLDS: the first group of each step is spread out. Every 4x4 quadrant of the
+    8x8 grid gets one of the first four positions, and the first 16 cover every 2x2 block."""
+    order = compression.qlds_order((8, 8))
+    rows, cols = order // 8, order % 8
+    assert len(set(zip(rows[:4] // 4, cols[:4] // 4))) == 4
+    assert len(set(zip(rows[:16] // 2, cols[:16] // 2))) >= 14
+
+
 def test_reveal_order_is_fixed():
-    np.testing.assert_array_equal(compression.reveal_order(5, "raster"), np.arange(5))
-    a = compression.reveal_order(64, "random", seed=3)
-    np.testing.assert_array_equal(a, compression.reveal_order(64, "random", seed=3))
+    np.testing.assert_array_equal(compression.reveal_order((1, 5), "raster"), np.arange(5))
+    a = compression.reveal_order((8, 8), "random", seed=3)
+    np.testing.assert_array_equal(a, compression.reveal_order((8, 8), "random", seed=3))
     np.testing.assert_array_equal(np.sort(a), np.arange(64))
-    assert not np.array_equal(a, compression.reveal_order(64, "random", seed=4))
+    assert not np.array_equal(a, compression.reveal_order((8, 8), "random", seed=4))
     with pytest.raises(ValueError, match="order"):
-        compression.reveal_order(4, "spiral")
+        compression.reveal_order((2, 2), "spiral")
 
 
 def test_reveal_steps_assign_the_groups_in_order():
-    steps = compression.reveal_steps(16, 4, order="raster")
-    np.testing.assert_array_equal(steps, np.repeat(np.arange(4), [2, 3, 5, 6]))
-    order = compression.reveal_order(16, "random", seed=1)
-    shuffled = compression.reveal_steps(16, 4, order="random", seed=1)
-    np.testing.assert_array_equal(shuffled[order], steps)
+    counts = compression.reveal_counts(16, 4)
+    steps = compression.reveal_steps((4, 4), 4, order="raster")
+    np.testing.assert_array_equal(steps, np.repeat(np.arange(4), counts))
+    for order in ("qlds", "random"):
+        positions = compression.reveal_order((4, 4), order, seed=1)
+        shuffled = compression.reveal_steps((4, 4), 4, order=order, seed=1)
+        np.testing.assert_array_equal(shuffled[positions], steps)
+    # The paper's default: QLDS with alpha 2.2.
+    np.testing.assert_array_equal(compression.reveal_steps((4, 4), 4),
+                                  compression.reveal_steps((4, 4), 4, order="qlds", alpha=2.2))
 
 
 def _cost(logits_fn, tokens, labels, num_steps, codebook_size, order="raster"):
     tokens = jnp.asarray(tokens, jnp.int32)
-    reveal = jnp.asarray(compression.reveal_steps(tokens.shape[1], num_steps, order=order))
+    grid = (1, tokens.shape[1]) if order != "qlds" else (4, tokens.shape[1] // 4)
+    reveal = jnp.asarray(compression.reveal_steps(grid, num_steps, order=order))
     return np.asarray(compression.compression_cost_bits(
         logits_fn, None, tokens, jnp.asarray(labels, jnp.int32), reveal, num_steps=num_steps,
         codebook_size=codebook_size, mask_id=codebook_size))
@@ -84,10 +120,11 @@ def test_each_group_is_coded_given_only_the_tokens_revealed_before_it():
         informed = jnp.log(jnp.asarray([0.75, 0.25 / 3, 0.25 / 3, 0.25 / 3]))
         return jnp.where(seen, informed, jnp.zeros(4)) * jnp.ones((*tokens.shape, 4))
 
-    counts = compression.reveal_counts(16, 4)  # [2, 3, 5, 6]
+    counts = compression.reveal_counts(16, 4)  # [1, 2, 5, 8]
     expected = counts[0] * 2.0 + (16 - counts[0]) * -math.log2(0.75)
-    bits = _cost(context, np.zeros((1, 16)), [0], 4, 4, order="random")
-    np.testing.assert_allclose(bits, [expected], rtol=1e-6)
+    for order in ("random", "qlds"):
+        bits = _cost(context, np.zeros((1, 16)), [0], 4, 4, order=order)
+        np.testing.assert_allclose(bits, [expected], rtol=1e-6)
 
 
 def test_labels_reach_the_model():
@@ -106,7 +143,8 @@ def test_a_trained_transformer_needs_fewer_bits_than_an_untrained_one():
     codebook_size, num_classes, seq_len = 8, 4, 16
     config = ml_collections.ConfigDict({
         "num_layers": 1, "hidden_size": 32, "num_heads": 2, "mlp_dim": 64,
-        "dropout_rate": 0.0, "initializer_range": 0.02, "dtype": "float32", "attention": "xla",
+        "dropout_rate": 0.0, "attention_dropout": 0.0, "initializer_range": 0.02,
+        "dtype": "float32", "attention": "xla",
         "dropout_rng": "threefry"})
     model = transformer.MaskedTransformer(config, codebook_size, num_classes, seq_len)
     mask_id = transformer.mask_token_id(codebook_size)
@@ -132,7 +170,7 @@ def test_a_trained_transformer_needs_fewer_bits_than_an_untrained_one():
     def logits_fn(p, t, y):
         return model.apply({"params": p}, t, y)
 
-    reveal = jnp.asarray(compression.reveal_steps(seq_len, 4, order="random", seed=0))
+    reveal = jnp.asarray(compression.reveal_steps((4, 4), 4))
 
     def bits(p):
         return np.asarray(compression.compression_cost_bits(

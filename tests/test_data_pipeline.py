@@ -167,3 +167,78 @@ def test_bad_build_arguments_are_named():
         data.build(_config(), "val", 4)
     with pytest.raises(ValueError, match="fewer than one batch of 16"):
         data.build(_config(eval_size=10), "test", 16, num_epochs=1)
+
+
+# ------------------------------------------------------------------------- evaluation passes
+def _real_ids(batch):
+    return [ident for ident, real in zip(_ids(batch), batch["mask"]) if real]
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 4])
+def test_an_evaluation_pass_reads_every_example_once_on_any_host_count(process_count):
+    config = _config(eval_size=37)
+    source = scenes.SceneSource("validation", 37, 16, seed=0)
+    expected = [source[i]["image"].tobytes() for i in range(37)]
+    hosts = [data.build(config, "validation", 16, evaluation=True, process_index=p,
+                        process_count=process_count) for p in range(process_count)]
+    assert all(h.num_examples == 37 and h.num_batches == 3 for h in hosts)
+    hosts = [list(h) for h in hosts]
+    assert [len(h) for h in hosts] == [3] * process_count  # equal batches on every host
+    seen = []
+    for step in range(3):  # global order: host 0's slice, host 1's, ... of each batch
+        for p in range(process_count):
+            batch = hosts[p][step]
+            assert batch["image"].shape[0] == batch["mask"].shape[0] == 16 // process_count
+            assert batch["mask"].dtype == bool
+            seen += _real_ids(batch)
+    assert seen == expected  # in order, none twice, none missing
+    padding = sum(int((~b["mask"]).sum()) for h in hosts for b in h)
+    assert padding == 3 * 16 - 37
+
+
+def test_an_evaluation_pass_stops_at_num_examples_and_refuses_shuffling():
+    config = _config(eval_size=37)
+    stream = data.build(config, "validation", 8, evaluation=True, num_examples=20)
+    batches = list(stream)
+    assert stream.num_examples == 20 and len(batches) == 3
+    assert [int(b["mask"].sum()) for b in batches] == [8, 8, 4]
+    source = scenes.SceneSource("validation", 37, 16, seed=0)
+    assert [i for b in batches for i in _real_ids(b)] == [
+        source[i]["image"].tobytes() for i in range(20)]
+    # More than the split holds: the whole split, once.
+    assert data.build(config, "validation", 8, evaluation=True, num_examples=99).num_examples == 37
+    with pytest.raises(ValueError, match="once in order"):
+        data.build(config, "validation", 8, evaluation=True, shuffle=True)
+    with pytest.raises(ValueError, match="once in order"):
+        data.build(config, "validation", 8, evaluation=True, num_epochs=1)
+    with pytest.raises(ValueError, match="only for evaluation"):
+        data.build(config, "validation", 8, num_examples=8)
+    with pytest.raises(ValueError, match="num_examples = 0"):
+        data.build(config, "validation", 8, evaluation=True, num_examples=0)
+
+
+def test_the_train_split_read_for_evaluation_is_not_augmented(tmp_path):
+    """Random crops and flips are for training only: evaluating the train split sees each image
+    once, centre-cropped and unflipped, in file order."""
+    from PIL import Image
+
+    from fsq_jax.data import preprocess
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for index in range(7):
+        (root / "train" / f"class{index % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (20, 32, 3), dtype=np.uint8)  # wide: crops differ
+        Image.fromarray(pixels).save(root / "train" / f"class{index % 2}" / f"{index}.png")
+    config = _config(source=f"folder:{root}", crop="random", random_flip=True)
+    source = data.open_source(config, "train")
+    centre = [preprocess.square_resize(source[i], 16, "center", False)["image"]
+              for i in range(len(source))]
+    batches = list(data.build(config, "train", 4, evaluation=True))
+    images = [image for b in batches for image, real in zip(b["image"], b["mask"]) if real]
+    assert len(images) == 7
+    for image, expected in zip(images, centre):
+        np.testing.assert_array_equal(image, expected)
+    # The training stream of the same split, unshuffled, is augmented (so the check can fail).
+    trained = next(data.build(config, "train", 4, shuffle=False))["image"]
+    assert any(not np.array_equal(a, b) for a, b in zip(trained, centre))

@@ -58,6 +58,11 @@ def test_decode_panoptic_maps_segments_to_classes_and_instances():
     np.testing.assert_array_equal(semantic, [[-1, 85, 85, 0], [2, 2, 0, -1]])
     # Instances: things numbered in segment order (crowd excluded); stuff, crowd and void are 0.
     np.testing.assert_array_equal(instance, [[0, 0, 0, 1], [0, 0, 1, 0]])
+    # The crowd segment's pixels (id 70000) are marked, for PQ to ignore them.
+    *maps, crowd_map = tfds_sources.decode_panoptic_with_crowd(png, segment_ids, labels, crowd)
+    np.testing.assert_array_equal(crowd_map, [[False] * 4, [True, True, False, False]])
+    np.testing.assert_array_equal(maps[0], semantic)
+    np.testing.assert_array_equal(maps[1], instance)
     assert tfds_sources.COCO_PANOPTIC_CLASSES.num_classes == 133
     assert len(tfds_sources.COCO_PANOPTIC_CLASSES.thing_ids) == 80
     names = tfds_sources.COCO_PANOPTIC_CLASSES.names
@@ -80,7 +85,7 @@ def tfds_mock():
     [
         ("imagenet2012", (), 1000),
         ("nyu_depth_v2", ("depth",), 1),
-        ("coco/2017_panoptic", ("panoptic_semantic", "panoptic_instance"), 1),
+        ("coco/2017_panoptic", ("panoptic_semantic", "panoptic_instance", "panoptic_crowd"), 1),
     ],
 )
 def test_tfds_sources_give_project_keys_after_preprocessing(tfds_mock, name, extra_keys, classes):
@@ -105,6 +110,9 @@ def test_tfds_sources_give_project_keys_after_preprocessing(tfds_mock, name, ext
         assert semantic.dtype == instance.dtype == np.int32
         assert np.all((semantic >= -1) & (semantic < 133)) and np.all(instance >= 0)
         assert np.all(instance[semantic == -1] == 0)
+        crowd = batch["panoptic_crowd"]
+        assert crowd.shape == (2, 24, 24) and crowd.dtype == bool
+        assert not np.any(crowd & (semantic == -1)) and np.all(instance[crowd] == 0)
         assert data.panoptic_classes(config) is tfds_sources.COCO_PANOPTIC_CLASSES
     # Evaluation batches: the split in order, centre-cropped, never flipped.
     evaluation = next(data.build(config, "validation", 2, num_epochs=1))
@@ -169,7 +177,9 @@ def test_folder_layout_labels_and_splits(tmp_path):
     assert all(source[i]["image"].shape[-1] == 3 for i in range(5))
     config = data.default_config()
     config.source = f"folder:{root}"
-    assert data.num_classes(config) == 2 and data.num_examples(config, "validation") == 5
+    assert data.num_classes(config) == 2 and data.num_examples(config, "train") == 5
+    with pytest.raises(folder.FolderLayoutError, match=r"no validation/ \(or val/\) subfolder"):
+        data.num_examples(config, "validation")  # never the training images
     # Split subfolders are used when present; loose images get label 0.
     (tmp_path / "split" / "val").mkdir(parents=True)
     (tmp_path / "split" / "train").mkdir(parents=True)
@@ -216,7 +226,7 @@ def test_corrupt_file_fails_naming_its_path(tmp_path):
     config = data.default_config()
     config.source = f"folder:{root}"
     config.image_size = 8
-    batches = data.build(config, "validation", 6, num_epochs=1)
+    batches = data.build(config, "train", 6, num_epochs=1, shuffle=False)
     with pytest.raises(data.CorruptImageError, match=r"broken\.png.*on_corrupt='skip'"):
         next(batches)
 
@@ -237,5 +247,5 @@ def test_corrupt_file_is_skipped_and_reported(tmp_path, caplog):
     config.source = f"folder:{root}"
     config.image_size = 8
     config.on_corrupt = "skip"
-    batches = list(data.build(config, "validation", 3, num_epochs=1))
+    batches = list(data.build(config, "train", 3, num_epochs=1, shuffle=False))
     assert len(batches) == 2 and all(b["image"].shape == (3, 8, 8, 3) for b in batches)

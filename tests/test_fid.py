@@ -212,7 +212,8 @@ def test_fid_evaluator_yields_fid_precision_recall(tmp_path):
 
     evaluator = make("fid_eval")
     identical = dict(evaluator.run(0, context))
-    assert set(identical) == {"fid", "precision", "recall"}
+    assert set(identical) == {"num_examples", "fid", "precision", "recall"}
+    assert identical["num_examples"] == 60
     assert identical["fid"] == pytest.approx(0.0, abs=1e-6)
     assert identical["precision"] == identical["recall"] == 1.0
     shifted = dict(evaluator.run(60, context))
@@ -231,7 +232,8 @@ def test_fid_evaluator_yields_fid_precision_recall(tmp_path):
     with pytest.raises(ValueError, match="generate_fn must return uint8"):
         dict(bad.run(0, context))
     fid_only = make("fid_only", compute_precision_recall=False)
-    assert dict(fid_only.run(60, context)) == pytest.approx({"fid": shifted["fid"]}, rel=1e-9)
+    assert dict(fid_only.run(60, context)) == pytest.approx(
+        {"num_examples": 60, "fid": shifted["fid"]}, rel=1e-9)
     assert (tmp_path / "fid_stats" / "test__ref__16__n60.npz").is_file()
     short = make("f", key="k2")
     with pytest.raises(ValueError, match="ran out"):

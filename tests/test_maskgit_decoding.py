@@ -113,34 +113,48 @@ def test_guided_logits_convention():
 
 def test_guidance_scale_zero_equals_conditional_only_path():
     """With scale 0, the batched cond+uncond path (scale passed as an array, so it runs both
-    passes) samples exactly the tokens of the conditional-only path (no null-class pass)."""
+    passes) samples exactly the tokens of the conditional-only path (no unconditional pass)."""
     fn = _toy_logits_fn()
     labels = jnp.array([0, 1, 2, 2])
     rng = jax.random.key(5)
     kwargs = dict(seq_len=SEQ_LEN, mask_id=MASK_ID, num_steps=6)
     conditional = decoding.decode(
-        decoding.guided_logits_fn(fn, NUM_CLASSES, None), labels, rng, **kwargs
+        decoding.guided_logits_fn(fn, None), labels, rng, **kwargs
     )
     guided = jax.jit(
         lambda scale: decoding.decode(
-            decoding.guided_logits_fn(fn, NUM_CLASSES, scale), labels, rng, **kwargs
+            decoding.guided_logits_fn(fn, scale), labels, rng, **kwargs
         )
     )
     np.testing.assert_array_equal(guided(jnp.float32(0.0)), conditional)
     assert (np.asarray(guided(jnp.float32(3.0))) != np.asarray(conditional)).any()
 
 
-def test_guidance_uses_null_class():
+def test_guidance_unconditional_pass_masks_the_class():
+    """The second half of the guided batch carries the unconditional label, which the
+    transformer turns into the [MASK] token in the class position (FSQ paper Sec. 4.3)."""
     seen = []
 
     def fn(tokens, labels):
-        seen.append(labels)
+        seen.append((tokens, labels))
         return jnp.zeros((*tokens.shape, CODEBOOK))
 
-    decoding.guided_logits_fn(fn, NUM_CLASSES, 0.5)(
-        jnp.zeros((2, SEQ_LEN), jnp.int32), jnp.array([0, 1])
-    )
-    np.testing.assert_array_equal(seen[0], [0, 1, NUM_CLASSES, NUM_CLASSES])
+    tokens = jnp.arange(2 * SEQ_LEN, dtype=jnp.int32).reshape(2, SEQ_LEN) % CODEBOOK
+    decoding.guided_logits_fn(fn, 0.5)(tokens, jnp.array([0, 1]))
+    both_tokens, both_labels = seen[0]
+    np.testing.assert_array_equal(both_labels, [0, 1, masking.UNCONDITIONAL,
+                                                masking.UNCONDITIONAL])
+    np.testing.assert_array_equal(both_tokens, np.concatenate([tokens, tokens]))
+    assert masking.UNCONDITIONAL == -1
+
+
+def test_label_dropout_replaces_labels_by_the_unconditional_label():
+    labels = jnp.arange(20_000, dtype=jnp.int32) % 7
+    dropped = np.asarray(masking.drop_labels(jax.random.key(0), labels, 0.1))
+    unconditional = dropped == masking.UNCONDITIONAL
+    assert abs(unconditional.mean() - 0.1) < 0.01
+    np.testing.assert_array_equal(dropped[~unconditional], np.asarray(labels)[~unconditional])
+    np.testing.assert_array_equal(masking.drop_labels(jax.random.key(0), labels, 0.0), labels)
 
 
 def test_decoding_is_one_loop_and_batch_shards():
@@ -150,8 +164,7 @@ def test_decoding_is_one_loop_and_batch_shards():
 
     def sample(labels, rng):
         return decoding.sample_tokens(
-            fn, labels, rng, config, seq_len=SEQ_LEN, mask_id=MASK_ID, null_class=NUM_CLASSES
-        )
+            fn, labels, rng, config, seq_len=SEQ_LEN, mask_id=MASK_ID)
 
     labels = jnp.arange(8) % NUM_CLASSES
     jaxpr = str(jax.make_jaxpr(sample)(labels, jax.random.key(0)))

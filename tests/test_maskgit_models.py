@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,19 +11,22 @@ import pytest
 from configs.maskgit import tokenizer as tokenizer_configs
 from configs.maskgit import transformer as transformer_configs
 from fsq_jax import config_lib, quantizers, train
-from maskgit import discriminator, losses, tasks, tokenizer, transformer
+from maskgit import discriminator, losses, masking, tasks, tokenizer, transformer
 
 
 def _count(tree) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-# (tokenizer params, discriminator params, transformer params, token grid side)
+# (tokenizer params, discriminator params, transformer params, token grid side). The
+# transformer's vocabulary is codes + [MASK] + classes: the unconditional input masks the class
+# token instead of a separate null class, one embedding row (hidden_size) fewer than before:
+# 172_438_504 - 768, 172_456_960 - 768, 225_008 - 64, 226_048 - 64.
 PINNED = {
-    "fsq,paper": (54_173_831, 23_998_017, 172_438_504, 16),
-    "vq,paper": (54_565_251, 23_998_017, 172_456_960, 16),
-    "fsq,tiny": (149_414, 72_657, 225_008, 8),
-    "vq,tiny": (159_491, 72_657, 226_048, 8),
+    "fsq,paper": (54_173_831, 23_998_017, 172_437_736, 16),
+    "vq,paper": (54_565_251, 23_998_017, 172_456_192, 16),
+    "fsq,tiny": (149_414, 72_657, 224_944, 8),
+    "vq,tiny": (159_491, 72_657, 225_984, 8),
 }
 
 
@@ -111,9 +115,9 @@ def test_transformer_output_is_tied_to_token_embedding():
     config = transformer_configs.get_config("fsq,tiny").model
     net = transformer.MaskedTransformer(config, 240, 10, 64)
     tokens = jnp.full((2, 64), transformer.mask_token_id(240))
-    labels = jnp.array([3, 10])  # 10 = null class
+    labels = jnp.array([3, 9])
     params = jax.jit(net.init)(jax.random.key(0), tokens, labels)["params"]
-    assert params["token_embedding"]["embedding"].shape == (240 + 1 + 10 + 1, 64)
+    assert params["token_embedding"]["embedding"].shape == (240 + 1 + 10, 64)
     assert "head_bias" in params and not any("kernel" in k for k in params if "head_out" in k)
     # Perturbing an image-code embedding row changes that code's logit everywhere.
     bumped = jax.tree.map(lambda x: x, params)
@@ -123,6 +127,80 @@ def test_transformer_output_is_tied_to_token_embedding():
     before, after = apply(params), apply(bumped)
     changed = np.abs(np.asarray(after - before)).max(axis=(0, 1)) > 1e-4
     assert changed[5] and changed.sum() == 1
+
+
+def test_unconditional_label_puts_the_mask_token_in_the_class_position():
+    """FSQ paper Sec. 4.3: the unconditional input is the [MASK] token where the class token
+    goes. Only the [MASK] embedding row moves the unconditional logits when every image token
+    is given; class rows do not (and the [MASK] row does not move a conditional pass)."""
+    config = transformer_configs.get_config("fsq,tiny").model
+    codebook, classes, seq_len = 12, 4, 16
+    net = transformer.MaskedTransformer(config, codebook, classes, seq_len)
+    tokens = jnp.arange(2 * seq_len, dtype=jnp.int32).reshape(2, seq_len) % codebook
+    uncond = jnp.full((2,), masking.UNCONDITIONAL)
+    cond = jnp.array([0, 3])
+    assert [int(t) for t in transformer.class_token_id(jnp.array([-1, 0, 3]), codebook)] == [
+        codebook, codebook + 1, codebook + 4]
+    params = jax.jit(net.init)(jax.random.key(0), tokens, cond)["params"]
+    apply = jax.jit(lambda p, y: net.apply({"params": p}, tokens, y))
+    embedding = params["token_embedding"]["embedding"]
+
+    def bumped(row):
+        noise = jax.random.normal(jax.random.key(row), embedding.shape[1:])
+        return {**params, "token_embedding": {"embedding": embedding.at[row].add(noise)}}
+
+    mask_row = transformer.mask_token_id(codebook)
+    changed = lambda a, b: float(np.abs(np.asarray(a - b)).max()) > 1e-4
+    assert changed(apply(bumped(mask_row), uncond), apply(params, uncond))
+    for class_row in range(codebook + 1, codebook + 1 + classes):
+        assert not changed(apply(bumped(class_row), uncond), apply(params, uncond))
+    assert not changed(apply(bumped(mask_row), cond), apply(params, cond))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_weight_dropout_is_one_mask_over_batch_and_heads(dtype):
+    """MaskGIT's attention dropout (flax SelfAttention, attention_probs_dropout_prob 0.1, flax's
+    broadcast_dropout): with zero queries and keys the weights are uniform 1/N and one-hot
+    values read them out, so every output is keep[q, k] / ((1 - rate) N), the same keep-mask
+    [N, N] for every example and head, about `rate` of it zero."""
+    batch, n, heads, rate = 3, 40, 2, 0.3
+    zeros = jnp.zeros((batch, n, heads, n), dtype)
+    values = jnp.broadcast_to(jnp.eye(n, dtype=dtype)[None, :, None, :], (batch, n, heads, n))
+    out = np.asarray(transformer.attention(zeros, zeros, values, dropout_rate=rate,
+                                           dropout_rng=jax.random.key(0)), np.float32)
+    assert out.shape == (batch, n, heads, n) and out.dtype == np.float32
+    kept = 1.0 / ((1.0 - rate) * n)
+    np.testing.assert_allclose(out[(out != 0)], kept, rtol=1e-2)
+    keep = out[0, :, 0, :] != 0
+    for b in range(batch):
+        for h in range(heads):
+            np.testing.assert_array_equal(out[b, :, h, :] != 0, keep)
+    assert abs(1.0 - keep.mean() - rate) < 0.05
+    np.testing.assert_allclose(
+        np.asarray(transformer.attention(zeros, zeros, values), np.float32), 1.0 / n, rtol=1e-2)
+
+
+def test_attention_dropout_acts_only_in_training():
+    heads, width = 2, 8
+    make = lambda rate: transformer.SelfAttention(heads, jnp.float32,
+                                                  nn.initializers.lecun_normal(), None, rate)
+    x = jax.random.normal(jax.random.key(0), (3, 5, width))
+    params = make(0.3).init(jax.random.key(1), x)["params"]
+    rngs = {"dropout": jax.random.key(2)}
+    plain = make(0.0).apply({"params": params}, x, train=True, rngs=rngs)
+    np.testing.assert_array_equal(make(0.3).apply({"params": params}, x, train=False), plain)
+    dropped = make(0.3).apply({"params": params}, x, train=True, rngs=rngs)
+    assert float(np.abs(np.asarray(dropped - plain)).max()) > 0.01
+
+
+def test_transformer_paper_and_tiny_presets_drop_attention_weights():
+    for arg in ("fsq,paper", "vq,paper", "fsq,tiny", "vq,tiny"):
+        assert transformer_configs.get_config(arg).model.attention_dropout == 0.1
+    model = transformer_configs.get_config("fsq,paper").model
+    model.attention = "cudnn"
+    model.dtype = "bfloat16"
+    with pytest.raises(ValueError, match=r"config.model.attention_dropout = 0.1: .*cudnn"):
+        config_lib.check(model, transformer.TransformerModelConfig, "config.model")
 
 
 def test_blur_downsample_matches_depthwise_convolution():

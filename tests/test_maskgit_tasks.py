@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -119,11 +120,62 @@ def test_tokenizer_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"config.loss.reconstruction = 'l3': must be one of"):
         train.validate(config)
     config = tokenizer_configs.get_config("fsq,paper")  # asks for ResNet-50 weights
-    # MAGVIT's perceptual loss: 0.1 x mean squared ResNet-50 logit difference.
+    # MaskGIT's vqgan_config: 0.1 x mean squared difference of ResNet-50 features (not logits).
     assert (config.loss.perceptual_network, config.loss.perceptual_weight,
-            config.loss.perceptual_on_logits) == ("resnet50", 0.1, True)
+            config.loss.perceptual_on_logits) == ("resnet50", 0.1, False)
     with pytest.raises(ValueError, match=r"loss.perceptual_weights"):
         tasks.TokenizerTask(config)
+
+
+def test_r1_penalty_is_the_cost_times_the_mean_squared_gradient_norm():
+    """MAGVIT's d_loss = d_adversarial + grad_penalty_cost * mean_b ||grad_x D(x_b)||^2. With a
+    discriminator D(x) = <w_b, x> + c (per-image weights) the gradient of image b is w_b:
+    channel weights (1, 2) and (3, 0) at each of n pixels give ||w_0||^2 = 5 n, ||w_1||^2 = 9 n
+    by hand."""
+    n = 2 * 2  # pixels of a 2x2 image with two channels
+    weights = jnp.stack([jnp.tile(jnp.array([1.0, 2.0]), (2, 2, 1)),
+                         jnp.tile(jnp.array([3.0, 0.0]), (2, 2, 1))])  # [2, 2, 2, 2]
+
+    def discriminate(x):
+        return jnp.sum(weights * x, axis=(1, 2, 3)) + 0.5
+
+    real = jax.random.normal(jax.random.key(0), (2, 2, 2, 2))
+    fake = jax.random.normal(jax.random.key(1), (2, 2, 2, 2))
+    penalty = (5.0 * n + 9.0 * n) / 2  # mean over the batch of the squared gradient norms
+    for cost in (10.0, 0.5):
+        cfg = ml_collections.ConfigDict({"r1_weight": cost, "lecam_weight": 0.0})
+        total, aux = tasks.discriminator_objective(discriminate, real, fake, cfg)
+        np.testing.assert_allclose(aux["r1_penalty"], penalty, rtol=1e-6)
+        np.testing.assert_allclose(total, aux["discriminator_loss"] + cost * penalty, rtol=1e-6)
+    cfg = ml_collections.ConfigDict({"r1_weight": 0.0, "lecam_weight": 0.0})
+    total, aux = tasks.discriminator_objective(discriminate, real, fake, cfg)
+    assert float(total) == float(aux["discriminator_loss"])
+    # The presets: MaskGIT's grad_penalty_cost 10 (paper); 0.5 (tiny, the old 0.5 * 1.0).
+    assert tokenizer_configs.get_config("fsq,paper").loss.r1_weight == 10.0
+    assert tokenizer_configs.get_config("fsq,tiny").loss.r1_weight == 0.5
+
+
+def test_transformer_loss_is_a_per_example_mean_over_masked_tokens():
+    """MaskGIT's weighted_sequence_cross_entropy_loss: label-smoothed cross entropy summed over
+    each example's masked positions, divided by its count, then averaged over the batch; an
+    example with few masked tokens weighs as much as one with many. Checked against numpy."""
+    rng = np.random.default_rng(0)
+    batch, seq_len, codes, smoothing = 3, 6, 5, 0.1
+    logits = rng.normal(size=(batch, seq_len, codes)).astype(np.float32)
+    tokens = rng.integers(0, codes, (batch, seq_len))
+    mask = np.array([[1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0], [0, 1, 0, 1, 0, 1]], bool)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    targets = (1 - smoothing) * np.eye(codes)[tokens] + smoothing / codes
+    per_token = -(targets * log_probs).sum(-1)
+    expected = np.mean([per_token[b][mask[b]].mean() for b in range(batch)])
+    assert not np.isclose(expected, per_token[mask].mean())  # differs from a token mean
+    loss, metrics = tasks.masked_token_loss(jnp.asarray(logits), jnp.asarray(tokens),
+                                            jnp.asarray(mask), smoothing)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    nll = -np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(metrics["nll"],
+                               np.mean([nll[b][mask[b]].mean() for b in range(batch)]), rtol=1e-5)
+    np.testing.assert_allclose(metrics["mask_ratio"], mask.mean())
 
 
 def test_transformer_train_step_and_samples(stage1):

@@ -211,3 +211,52 @@ def test_parity_with_panopticapi(tmp_path, capsys):
     for c, s in stat.pq_per_cat.items():
         assert (s.tp, s.fp, s.fn) == tuple(ours.stats.get(c - 1, {"tp": 0, "fp": 0, "fn": 0})[f]
                                            for f in ("tp", "fp", "fn"))
+
+
+def _panopticapi(evaluation, tmp_path, gt_sem, gt_inst, crowd, pred_sem, pred_inst):
+    """panopticapi's PQ (overall, things, stuff) of maps written in COCO panoptic format; every
+    distinct (class, crowd, instance id) of a map is one segment."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    pairs = [(_to_coco_panoptic(gt_sem[i], gt_inst[i], crowd[i], gt_dir, f"im{i}"),
+              _to_coco_panoptic(pred_sem[i], pred_inst[i], np.zeros_like(crowd[i]), pred_dir,
+                                f"im{i}")) for i in range(len(gt_sem))]
+    categories = {c + 1: {"id": c + 1, "name": str(c), "isthing": int(c in THINGS)}
+                  for c in THINGS + STUFF}
+    stat = evaluation.pq_compute_single_core(0, pairs, str(gt_dir), str(pred_dir), categories)
+    expected = {}
+    for suffix, isthing in (("", None), ("_things", True), ("_stuff", False)):
+        averages, _ = stat.pq_average(categories, isthing=isthing)
+        for metric in ("pq", "sq", "rq"):
+            expected[metric + suffix] = averages[metric]
+    return expected, stat
+
+
+def test_parity_with_panopticapi_when_every_slot_is_a_segment(tmp_path, capsys):
+    # UViM predicts a slot for every pixel, stuff included; panopticapi's 2-channel converter
+    # makes each (class, slot) pair a segment, so split stuff regions are separate segments.
+    evaluation = pytest.importorskip(
+        "panopticapi.evaluation",
+        reason="PARITY TEST NOT RUN: panopticapi is missing; `make extras` installs it")
+    rng = np.random.default_rng(1)
+    gt_sem, gt_inst, pred_sem, pred_inst, crowd = _random_batch(rng, 30, 32, 40)
+    stuff = np.isin(pred_sem, STUFF)
+    split = rng.integers(4, 36, len(pred_sem))[:, None, None]  # a column per image
+    columns = np.arange(pred_sem.shape[2])[None, None, :]
+    pred_inst = np.where(stuff, np.where(columns < split, 7, 8), pred_inst).astype(np.int32)
+    expected, stat = _panopticapi(evaluation, tmp_path, gt_sem, gt_inst, crowd, pred_sem,
+                                  pred_inst)
+    capsys.readouterr()
+    ours = panoptic.PanopticQuality(THINGS, segments_by_instance=True)
+    ours.update(gt_sem, gt_inst, pred_sem, pred_inst, gt_crowd=crowd)
+    result = ours.result()
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-9), key
+    for c, s in stat.pq_per_cat.items():
+        assert (s.tp, s.fp, s.fn) == tuple(ours.stats.get(c - 1, {"tp": 0, "fp": 0, "fn": 0})[f]
+                                           for f in ("tp", "fp", "fn"))
+    # Merging the split stuff regions (the thing-only rule) scores differently.
+    merged = panoptic.PanopticQuality(THINGS).update(gt_sem, gt_inst, pred_sem, pred_inst,
+                                                      gt_crowd=crowd).result()
+    assert merged["pq_stuff"] > result["pq_stuff"] + 0.01

@@ -78,7 +78,8 @@ def test_uvim_stage2_remat_keeps_names_and_gradients(remat):
 @pytest.mark.parametrize("remat", ["dots", "block"])
 def test_maskgit_transformer_remat_keeps_names_and_gradients(remat):
     base = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "mlp_dim": 64,
-            "dropout_rate": 0.1, "initializer_range": 0.02, "dtype": "float32",
+            "dropout_rate": 0.1, "attention_dropout": 0.1, "initializer_range": 0.02,
+            "dtype": "float32",
             "attention": "xla", "dropout_rng": "threefry"}
     models = [transformer.MaskedTransformer(ml_collections.ConfigDict({**base, "remat": r}),
                                             16, 4, 9) for r in ("none", remat)]

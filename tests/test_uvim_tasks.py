@@ -30,19 +30,24 @@ def test_depth_bins_round_trip_to_bin_centres():
                                [0.5, 0.5, 1.5, 2.5, 3.5, 3.5])
 
 
-def test_depth_loss_ignores_invalid_pixels():
+def test_depth_loss_masks_bin_zero_and_averages_over_all_pixels():
+    # big_vision depth_task.py: the cross-entropy of every pixel, zero where the target is bin 0
+    # (missing depth 0.0 lands there, and so do valid depths under one bin width), then the mean
+    # over all pixels; depths beyond max_depth train the last bin.
     task = _depth_task()
-    batch = {"depth": np.array([[[0.5, 1.5], [3.5, 0.0]]], np.float32)}  # 0.0 = missing
+    batch = {"depth": np.array([[[0.5, 2.5, 7.0], [3.5, 0.0, 1.5]]], np.float32)}
     targets = task.targets(batch)["depth"]
-    assert targets.shape == (1, 2, 2, 4)
+    assert targets.shape == (1, 2, 3, 4)
+    np.testing.assert_array_equal(np.argmax(targets, -1), [[[0, 2, 3], [3, 0, 1]]])
     right = 30.0 * targets
     wrong = np.asarray(right).copy()
-    wrong[0, 1, 1] = 30.0 * np.eye(4)[2]  # garbage on the missing pixel only
+    wrong[0, 1, 1] = wrong[0, 0, 0] = 30.0 * np.eye(4)[2]  # garbage on the bin-0 pixels only
     assert float(task.loss({"depth": right}, batch)[0]) < 1e-6
     assert float(task.loss({"depth": wrong}, batch)[0]) < 1e-6
-    uniform = {"depth": np.zeros((1, 2, 2, 4), np.float32)}
-    assert float(task.loss(uniform, batch)[0]) == pytest.approx(np.log(4), rel=1e-6)
-    np.testing.assert_allclose(task.predict({"depth": right})["depth"][0], [[0.5, 1.5], [3.5, 0.5]])
+    uniform = {"depth": np.zeros((1, 2, 3, 4), np.float32)}
+    assert float(task.loss(uniform, batch)[0]) == pytest.approx(4 / 6 * np.log(4), rel=1e-6)
+    np.testing.assert_allclose(task.predict({"depth": right})["depth"][0],
+                               [[0.5, 2.5, 3.5], [3.5, 0.5, 1.5]])
 
 
 def test_depth_metric_is_per_image_rmse():
@@ -99,6 +104,11 @@ def test_presets(task):
     assert module.get_config("vq,tiny,stage2").task == "uvim.tasks:Stage2Task"
     vq = module.get_config("vq,paper")
     assert vq.quantizer.vq.use_ema and vq.quantizer.vq.split_codes and vq.quantizer.vq.beta == 0
+    assert vq.quantizer.vq.standardize and vq.quantizer.vq.l2_normalize  # UViM's VQ lookup
+    assert vq.data.crop == "inception" and vq.data.random_flip
+    # big_vision trains panoptic and colorization on train[4096:], depth on all of train.
+    assert vq.data.train_skip == (0 if task == "depth" else 4096)
+    assert module.get_config("vq,tiny").data.train_skip == 0
     assert not module.get_config("vq,paper,nosplit").quantizer.vq.split_codes
     assert not module.get_config("fsq,tiny,nocontext").model.with_context
     paper = module.get_config("fsq,paper")

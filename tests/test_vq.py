@@ -119,6 +119,42 @@ def test_cosine_codes_match_brute_force():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(out.quantized), axis=-1), 1.0, rtol=1e-6)
 
 
+def test_standardized_lookup_is_uvims():
+    # big_vision models/proj/uvim/vit.py encode: x = jax.nn.standardize(x, axis=-1), then the
+    # argmin of |x|^2 - 2 x.e + |e|^2 over unit-norm codewords e; x_q = e[idx] forward, with
+    # straight-through gradients into the standardised x.
+    vq = _vq(codebook_size=32, dim=6, use_ema=True, l2_normalize=True, standardize=True)
+    z = jax.random.normal(jax.random.PRNGKey(3), (50, 6)) * 3 + 2
+    codebook = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (32, 6)))
+    variables = _with_codebook(vq, _init(vq, z), codebook)
+    out = _apply(vq, variables, z)
+    x = np.asarray(jax.nn.standardize(z, axis=-1), np.float64)
+    unit = codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)
+    distances = np.sum(x * x, -1)[:, None] - 2 * x @ unit.T + np.sum(unit * unit, -1)
+    expected = np.argmin(distances, axis=-1)
+    # A lookup of the l2-normalised, uncentred z would differ here.
+    assert np.any(expected != np.argmax(np.asarray(z) @ unit.T, axis=-1))
+    np.testing.assert_array_equal(np.asarray(out.indices), expected)
+    np.testing.assert_allclose(np.asarray(out.quantized), unit[expected], rtol=1e-5)
+    weights = jax.random.normal(jax.random.PRNGKey(5), z.shape)
+    grad = jax.jit(jax.grad(
+        lambda z: jnp.sum(weights * vq.apply(variables, z).quantized)))(z)
+    _, standardize_vjp = jax.vjp(lambda z: jax.nn.standardize(z, axis=-1), z)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(standardize_vjp(weights)[0]),
+                               rtol=1e-4, atol=1e-5)
+    # The EMA statistics accumulate the standardised vectors (big_vision's x_sum of x_pre_q).
+    _, trained = _train(vq, variables, z)
+    sums = np.zeros_like(codebook)
+    np.add.at(sums, expected, x)
+    np.testing.assert_allclose(np.asarray(trained[STATE_COLLECTION]["ema_sum"]),
+                               vq.ema_decay * codebook + (1 - vq.ema_decay) * sums,
+                               rtol=1e-5, atol=1e-6)
+    # indices -> codes -> indices is the identity: codes are not standardised again.
+    codes = _apply(vq, variables, jnp.arange(32), method=VQ.indices_to_codes)
+    np.testing.assert_array_equal(
+        np.asarray(_apply(vq, variables, codes, method=VQ.codes_to_indices)), np.arange(32))
+
+
 def test_losses_and_straight_through_gradients():
     vq = _vq(codebook_size=4, dim=2, beta=0.25)
     codebook = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)

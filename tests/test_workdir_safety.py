@@ -316,6 +316,7 @@ def test_all_steps_corrupt_refuses_on_every_rerun_and_keeps_the_history(tmp_path
         flip_one_bit(workdir / "checkpoints" / str(step))
     config_before = (workdir / "config.json").read_text()
     rows_before = metrics_steps(workdir)
+    run = (*run, "--config.total_steps=6")  # train on (the same command is a no-op: finished)
     first = run_script("train.py", workdir, cache, *run)
     assert first.returncode == 1
     assert last_line(first).startswith(f"cannot resume: no usable checkpoint in "
@@ -406,3 +407,271 @@ def test_error_line_names_the_path_and_what_was_being_done(tmp_path):
         f"storage error: Is a directory: {tmp_path / 'metrics.csv'} (IsADirectoryError, errno "
         f"21, while in append_row (test_workdir_safety.py:{line}))"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rerunning a workdir (in-process): a finished run is kept, a changed experiment is refused, a
+# failed start leaves nothing, a diverging run stops, a stop during evaluation checkpoints.
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """Shares the compiled programs of the in-process runs below (one program, one shape)."""
+    import jax
+
+    options = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+               "jax_persistent_cache_min_entry_size_bytes")
+    previous = {name: getattr(jax.config, name) for name in options}
+    jax.config.update(options[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(options[1], 0.0)
+    jax.config.update(options[2], 0)
+    yield
+    for name, value in previous.items():
+        jax.config.update(name, value)
+
+
+def tiny(**overrides):
+    from configs import autoencoder as autoencoder_config
+
+    config = autoencoder_config.get_config("fsq,tiny")
+    config.update(total_steps=4, log_every=2, eval_every=0, images_every=0, checkpoint_every=2,
+                  eval_steps=1)
+    config.evaluators.codebook_batches = 1
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def train_tiny(config, workdir, data_fn=None, **kwargs):
+    from fsq_jax.tasks.synthetic import smooth_images
+
+    return train.train_and_evaluate(config, str(workdir), data_fn=data_fn or smooth_images,
+                                    **kwargs)
+
+
+def snapshot(directory):
+    """{relative path: (size, mtime_ns, bytes for small files)} of every file under it."""
+    out = {}
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            out[str(path.relative_to(directory))] = (
+                stat.st_size, stat.st_mtime_ns,
+                path.read_bytes() if stat.st_size < 100_000 else None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, compilation_cache):
+    workdir = tmp_path_factory.mktemp("finished")
+    results = train_tiny(tiny(), workdir)
+    assert results["step"] == 4 and results["eval"] and results["train"]
+    return workdir, results
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_returns_its_results(
+        finished_run, tmp_path, capsys):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    before = snapshot(workdir)
+    stored = json.loads((workdir / "results.json").read_text())
+    assert train_tiny(tiny(), workdir) == stored
+    # Fields that may change on resume do not make it another run; the line says what changed
+    # in what was measured.
+    assert train_tiny(tiny(eval_every=1, **{"evaluators.codebook_batches": 2}), workdir) == stored
+    assert snapshot(workdir) == before
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"{workdir}: finished at step 4 (total_steps = 4); nothing to do, "
+                      "results.json is kept: raise total_steps to train on, or run "
+                      "scripts/evaluate.py to evaluate it again")
+    assert out[1].endswith("(its results were measured before config.evaluators."
+                           "codebook_batches 1 -> 2)")
+
+
+def test_a_shape_compatible_change_is_refused_unless_allowed(finished_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    before = snapshot(workdir)
+    swapped = tiny(total_steps=6, **{"quantizer.fsq.levels": (5, 5, 5, 8)})  # same shapes
+    with pytest.raises(train.ConfigError) as info:
+        train_tiny(swapped, workdir)
+    assert str(info.value).startswith(
+        f"config.quantizer.fsq.levels [8, 5, 5, 5] -> [5, 5, 5, 8]: {workdir} holds a run of "
+        "another config (its config.json);")
+    assert "--allow_config_change" in str(info.value) and "\n" not in str(info.value)
+    assert snapshot(workdir) == before  # refused before anything was touched
+    results = train_tiny(swapped, workdir, allow_config_change=True)
+    assert results["step"] == 6
+    assert json.loads((workdir / "config.json").read_text())["quantizer"]["fsq"]["levels"] == [
+        5, 5, 5, 8]
+
+
+def test_raising_total_steps_trains_on(finished_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    results = train_tiny(tiny(total_steps=6, log_every=1), workdir)
+    assert results["step"] == 6 and results["train"]
+    assert metrics_steps(workdir) == [2, 4, 5, 6]
+
+
+def test_a_run_restored_at_its_end_without_results_evaluates_before_writing_them(
+        finished_run, tmp_path):
+    """Killed (or stopped) after its last checkpoint but before results.json: the rerun must
+    not write empty metrics."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    (workdir / "results.json").unlink()
+    results = train_tiny(tiny(), workdir)
+    stored = json.loads((workdir / "results.json").read_text())
+    assert stored == results and stored["step"] == 4
+    assert stored["eval"] == finished_run[1]["eval"]  # the same state, evaluated alike
+    assert stored["evaluators"] == finished_run[1]["evaluators"]
+
+
+def test_a_failed_start_leaves_no_workdir_behind(tmp_path, compilation_cache):
+    def no_data(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "/data/missing.tfrecord")
+        yield
+
+    workdir = tmp_path / "new" / "run"
+    with pytest.raises(FileNotFoundError):
+        train_tiny(tiny(), workdir, data_fn=no_data)
+    assert not (tmp_path / "new").exists()  # nor the parent made for it
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError):
+        train_tiny(tiny(), tmp_path / "old", data_fn=no_data)
+    assert os.listdir(tmp_path / "old") == ["notes.txt"]  # an existing workdir is kept as it was
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_may_restart_under_another_config(
+        tmp_path, compilation_cache):
+    from fsq_jax.tasks.synthetic import smooth_images
+
+    def crash_at_step_3(data_config, split, batch_size, **kwargs):
+        for step, batch in enumerate(smooth_images(data_config, split, batch_size, **kwargs)):
+            if split == "train" and step == 3:
+                raise RuntimeError("simulated crash")
+            yield batch
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_tiny(tiny(checkpoint_every=0), tmp_path, data_fn=crash_at_step_3)
+    assert (tmp_path / "config.json").exists() and committed_steps(tmp_path) == []
+    changed = tiny(seed=1, checkpoint_every=0)
+    assert train_tiny(changed, tmp_path)["step"] == 4  # nothing to mix: starts afresh
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
+
+
+def test_skipping_every_update_fails_after_max_consecutive_skips(tmp_path, compilation_cache):
+    config = tiny(total_steps=20, nan_policy="skip", max_consecutive_skips=3,
+                  **{"optimizer.learning_rate": 1e30})  # every update is non-finite
+    with pytest.raises(train.NonFiniteError) as info:
+        train_tiny(config, tmp_path)
+    assert info.value.step == 4
+    assert str(info.value).startswith("4 updates in a row skipped as non-finite (steps 1-4, "
+                                      "the last in metric ")
+    assert "more than max_consecutive_skips = 3: the run diverged" in str(info.value)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_the_count_of_skips_in_a_row_survives_a_resume(tmp_path, compilation_cache):
+    """Two skips, a checkpoint, a resume, two more: four in a row (> 3) even across runs."""
+    diverging = {"nan_policy": "skip", "max_consecutive_skips": 3,
+                 "optimizer.learning_rate": 1e30}  # every update is non-finite
+    results = train_tiny(tiny(total_steps=2, **diverging), tmp_path)
+    assert results["skipped_updates"] == 2 and committed_steps(tmp_path) == [2]
+    with pytest.raises(train.NonFiniteError, match=r"^4 updates in a row .* \(steps 1-4, "):
+        train_tiny(tiny(total_steps=4, **diverging), tmp_path)
+
+
+def test_a_stop_during_evaluation_checkpoints_within_a_batch_and_the_rerun_finishes(
+        tmp_path, compilation_cache):
+    from fsq_jax.tasks.synthetic import smooth_images
+
+    seen = {"validation": 0}
+
+    def stop_in_evaluation(data_config, split, batch_size, **kwargs):
+        for batch in smooth_images(data_config, split, batch_size, **kwargs):
+            if split == "validation":
+                seen["validation"] += 1
+                if seen["validation"] == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's preemption
+            yield batch
+
+    config = tiny(eval_steps=50, **{"evaluators.codebook_batches": 50})
+    results = train_tiny(config, tmp_path, data_fn=stop_in_evaluation)
+    assert results["preempted"] and results["step"] == 4
+    assert seen["validation"] <= 2  # stopped within a batch, not after 100
+    assert committed_steps(tmp_path)[-1] == 4 and not (tmp_path / "results.json").exists()
+    finished = train_tiny(config, tmp_path)
+    assert not finished["preempted"] and finished["eval"]
+    assert json.loads((tmp_path / "results.json").read_text())["eval"] == finished["eval"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One line for every failure the user can act on.
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: train.ConfigError("config.seed = -1: must be >= 0"),
+     "config error: config.seed = -1: must be >= 0"),
+    (lambda: train.NonFiniteError(7, ["metric 'loss'"]),
+     "training stopped: non-finite value (NaN/Inf) at step 7 in metric 'loss'"),
+    (lambda: train.CheckpointError("no usable checkpoint in /w/checkpoints"),
+     "cannot resume: no usable checkpoint in /w/checkpoints"),
+    (lambda: WorkdirLockedError("workdir /w is in use by another training run"),
+     "workdir /w is in use by another training run"),
+    (lambda: __import__("fsq_jax.data", fromlist=["x"]).CorruptImageError(
+        "cannot read image '/d/x.png': truncated"),
+     "data error: cannot read image '/d/x.png': truncated"),
+    (lambda: FileNotFoundError("/w/config.json not found: '/w' is not a run directory"),
+     "missing file: /w/config.json not found: '/w' is not a run directory"),
+])
+def test_failure_line_labels_each_kind_of_failure(make, expected):
+    from fsq_jax.train import cli
+
+    line = cli.failure_line(make())
+    assert line.startswith(expected) and "\n" not in line
+
+
+def test_failure_line_names_a_missing_path_and_where_it_was_read(tmp_path):
+    from fsq_jax.train import cli
+
+    def read_weights():
+        with open(tmp_path / "weights.npz", "rb") as f:
+            return f.read()
+
+    with pytest.raises(FileNotFoundError) as info:
+        read_weights()
+    line = read_weights.__code__.co_firstlineno + 1
+    assert cli.failure_line(info.value) == (
+        f"missing file: {tmp_path / 'weights.npz'} (No such file or directory, while in "
+        f"read_weights (test_workdir_safety.py:{line}))")
+    assert cli.failure_line(KeyError("a bug")) is None  # a bug keeps its traceback
+
+
+def test_a_config_files_traceback_in_a_flag_error_is_cut_to_its_last_line():
+    from absl import flags
+
+    from fsq_jax.train import cli
+
+    error = flags.IllegalFlagValueError(
+        "flag --config=c.py:fsq,huge: Error whilst parsing config file:\n\nTraceback (most "
+        "recent call last):\n  File \"c.py\", line 17, in get_config\n    arg = parse(arg)\n"
+        "ValueError: config arg 'fsq,huge': unknown preset 'huge'\n")
+    assert cli._flag_error_line(error) == (
+        "config error: --config=c.py:fsq,huge: config arg 'fsq,huge': unknown preset 'huge'")
+    assert cli._flag_error_line(flags.IllegalFlagValueError("flag --seed=x: not an int")) == (
+        "flag error: flag --seed=x: not an int")

@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from fsq_jax import quantizers
 from fsq_jax.config_lib import require
@@ -190,6 +189,3 @@ def init_variables(module: Stage1Model, rng: jax.Array, batch_size: int = 1) -> 
     return module.init(rngs, targets, context, train=False)
 
 
-def count_params(params: Any) -> int:
-    """Number of scalars in a params pytree (works on ShapeDtypeStructs from eval_shape)."""
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -21,12 +21,13 @@ import optax
 from fsq_jax import codebook, quantizers
 from fsq_jax import images as image_lib
 from fsq_jax.config_lib import ConfigError, LoopConfig, OptimizerConfig, require
+from fsq_jax.data.preprocess import NATIVE_PREFIX
 from fsq_jax.eval.codebook_report import CodeCounter
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.quantizers.registry import QuantizerConfig
 from fsq_jax.train import TrainState, npz_init, optim
 from fsq_jax.train.frozen import FrozenStage
-from uvim import stage1, stage2, vit_checkpoint
+from uvim import coltran_fid, stage1, stage2, vit_checkpoint
 from uvim.outputs import OutputConfig, build_output
 
 Batch = Mapping[str, jax.Array]
@@ -35,7 +36,9 @@ _IMAGE_ROWS = 8  # examples shown in a picture grid
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UvimEvaluators:
-    """`evaluators.*`: the task metric reads this many `eval_batch_size` validation batches."""
+    """`evaluators.*`: the task metric reads this many `eval_batch_size` validation batches;
+    0 = the whole validation split, each example once (UViM's NYU depth and COCO panoptic
+    protocols: all 654 / 5000 images)."""
 
     num_batches: int
 
@@ -66,6 +69,10 @@ class UvimConfig(LoopConfig):
                     f"the data source {self.data.source!r} has {len(classes.names)} classes")
             require(tuple(self.output.thing_classes) == things, "output.thing_classes",
                     f"the data source's thing classes are {things}")
+        if self.output.name == "colorization" and self.output.fid == "coltran":
+            require(self.data.source == f"tfds:{coltran_fid.DATASET}", "output.fid",
+                    f"'coltran' scores ColTran's {coltran_fid.DATASET} validation files; "
+                    f"data.source is {self.data.source!r} (use 'ground_truth' or 'none')")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,9 +113,30 @@ def _usage_metrics(counter: CodeCounter, prefix: str) -> dict[str, float]:
 
 def _evaluation_batches(config: ml_collections.ConfigDict, context: Any
                         ) -> Iterator[dict[str, np.ndarray]]:
-    """`evaluators.num_batches` validation batches of `eval_batch_size`."""
+    """`evaluators.num_batches` validation batches of `eval_batch_size`, or with 0 the whole
+    validation split once (the last batch padded and masked)."""
     size = int(config.eval_batch_size)
-    return context.batches(size, size * int(config.evaluators.num_batches))
+    batches = int(config.evaluators.num_batches)
+    return context.batches(size, size * batches if batches else None)
+
+
+def _model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch without its native-resolution ground truth, which only the metric reads
+    (it would be copied to the devices for nothing)."""
+    return {k: v for k, v in batch.items() if not k.startswith(NATIVE_PREFIX)}
+
+
+def _protocol_evaluators(config: ml_collections.ConfigDict,
+                         predict: coltran_fid.PredictFn) -> list[Any]:
+    """Evaluators of a task's paper protocol that read their own data: colorization's
+    ColTran FID-5k."""
+    if config.output.name == "colorization" and config.output.fid == "coltran":
+        data = config.data
+        return [coltran_fid.ColtranFidEvaluator(
+            predict, lambda: coltran_fid.ColtranFidData.from_tfds(int(data.image_size),
+                                                                  str(data.tfds_data_dir)),
+            batch_size=int(config.eval_batch_size))]
+    return []
 
 
 class Stage1Task:
@@ -178,8 +206,13 @@ class Stage1Task:
         return {"loss": loss, **metrics, **self.output.batch_metrics(prediction, batch),
                 **{f"quantizer/{k}": v for k, v in out.metrics.items()}}
 
-    def evaluators(self) -> list[OracleEvaluator]:
-        return [OracleEvaluator(self)]
+    def evaluators(self) -> list[Any]:
+        def predict(state, batch, rng, context):
+            del rng
+            replicated = (state.eval_params()["model"], state.model_state)
+            return context.run(self._reconstruct, replicated, batch)[0]
+
+        return [OracleEvaluator(self), *_protocol_evaluators(self.config, predict)]
 
     def images(self, state: TrainState, batch: Batch, rng: jax.Array) -> dict[str, np.ndarray]:
         del rng
@@ -202,10 +235,15 @@ class OracleEvaluator:
         metric = task.output.new_metric()
         usage = CodeCounter(task.codebook_size)
         replicated = (state.eval_params()["model"], state.model_state)
+        scored = 0
         for batch in _evaluation_batches(task.config, context):
-            prediction, indices = context.run(task._reconstruct, replicated, batch)
-            metric.update(prediction, batch)
-            usage.update(indices)
+            prediction, indices = context.real(
+                context.run(task._reconstruct, replicated, _model_inputs(batch)), batch)
+            scored += context.count(batch)
+            if len(indices):  # padding only on this host
+                metric.update(prediction, context.real(batch))
+                usage.update(indices)
+        yield "num_examples", scored
         yield from metric.result().items()
         yield from _usage_metrics(usage, "codebook_").items()
 
@@ -369,8 +407,12 @@ class Stage2Task:
         return self._predict(state.eval_params()["stage2"], state.model_state["stage1"],
                              batch, rng)
 
-    def evaluators(self) -> list[Stage2Evaluator]:
-        return [Stage2Evaluator(self)]
+    def evaluators(self) -> list[Any]:
+        def predict(state, batch, rng, context):
+            replicated = (state.eval_params()["stage2"], state.model_state["stage1"])
+            return context.run(self._predict, replicated, batch, rng)[0]
+
+        return [Stage2Evaluator(self), *_protocol_evaluators(self.config, predict)]
 
     def images(self, state: TrainState, batch: Batch, rng: jax.Array) -> dict[str, np.ndarray]:
         batch = jax.tree.map(lambda x: x[:_IMAGE_ROWS], batch)
@@ -391,19 +433,27 @@ class Stage2Evaluator:
         metric, oracle = task.output.new_metric(), task.output.new_metric()
         usage, oracle_usage = CodeCounter(task.codebook_size), CodeCounter(task.codebook_size)
         replicated = (state.eval_params()["stage2"], state.model_state["stage1"])
-        matches, total = 0, 0
+        matches, total, scored = 0, 0, 0
         for index, batch in enumerate(_evaluation_batches(task.config, context)):
             rng = context.batch_rng(index)
-            prediction, tokens = context.run(task._predict, replicated, batch, rng)
+            inputs = _model_inputs(batch)
+            prediction, tokens = context.run(task._predict, replicated, inputs, rng)
             oracle_prediction, oracle_tokens = context.run(
-                lambda p, v, b, r: task._predict(p, v, b, r, use_oracle=True), replicated, batch,
+                lambda p, v, b, r: task._predict(p, v, b, r, use_oracle=True), replicated, inputs,
                 rng)
+            prediction, tokens, oracle_prediction, oracle_tokens = context.real(
+                (prediction, tokens, oracle_prediction, oracle_tokens), batch)
+            scored += context.count(batch)
+            if not len(tokens):  # padding only on this host
+                continue
+            batch = context.real(batch)
             metric.update(prediction, batch)
             oracle.update(oracle_prediction, batch)
             usage.update(tokens)
             oracle_usage.update(oracle_tokens)
             matches += int(np.sum(tokens == oracle_tokens))
             total += int(tokens.size)
+        yield "num_examples", scored
         yield from metric.result().items()
         yield from ((f"oracle_{k}", v) for k, v in oracle.result().items())
         yield from _usage_metrics(usage, "predicted_codebook_").items()

@@ -27,17 +27,19 @@ def _paper(config: ml_collections.ConfigDict) -> None:
     config.checkpoint_every = 10_000
     for opt in config.optimizers.values():
         opt.warmup_steps = 2_000  # MaskGIT base_config lr_warmup_steps
-    # MaskGIT uses a pretrained ResNet-50 for its perceptual loss (weight 0.1); as in
-    # MAGVIT (videogvt configs/vqgan2d_ucf101_config.py: perceptual_loss_weight 0.1,
-    # perceptual_loss_on_logit True), the mean squared logit difference at 224x224. Its
+    # MaskGIT's vqgan_config: a pretrained ResNet-50 perceptual loss, perceptual_loss_weight
+    # 0.1, perceptual_loss_on_logit False (the mean squared difference of its last feature map
+    # at 224x224; MAGVIT's losses.py calculate_perceptual_loss_on_pretrained is the code). Its
     # weights are never downloaded: --config.loss.perceptual_weights=<.npz>, docs/weights.md.
     config.loss.perceptual_network = "resnet50"
     config.loss.perceptual_weight = 0.1
-    config.loss.perceptual_on_logits = True
+    config.loss.perceptual_on_logits = False
     config.loss.adversarial_weight = 0.1  # g_adversarial_loss_weight
-    config.loss.r1_weight = 10.0  # grad_penalty_cost, r1
+    # grad_penalty_cost 10 with gradient_penalty "r1": the discriminator loss gets
+    # 10 * mean_b ||grad D(x_b)||^2 (MAGVIT losses.py r1_gradient_penalty).
+    config.loss.r1_weight = 10.0
     config.loss.discriminator_start = 0  # MaskGIT's public config has no adversarial warm-up
-    config.evaluators.num_images = 50_000
+    config.evaluators.num_images = 50_000  # FSQ paper: 50k validation reconstructions
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
@@ -58,10 +60,11 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.loss.perceptual_network = "none"
     config.loss.adversarial_weight = 0.05
     config.loss.discriminator_start = 1_000  # reconstruct first, then sharpen adversarially
-    config.loss.r1_weight = 1.0
+    config.loss.r1_weight = 0.5  # 0.5 * mean ||grad D||^2, as before r1_weight meant the cost
     config.optimizers.generator.update(learning_rate=1e-3, b1=0.5)
     config.optimizers.discriminator.update(learning_rate=2e-4, b1=0.5)
     config.evaluators.num_images = 500
+    config.evaluators.reference_images = 500  # of the 100k train scenes: cheap on a CPU
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -90,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "leaky_slope": 0.2})
     config.loss = ml_collections.ConfigDict({
         "reconstruction": "l2", "reconstruction_weight": 1.0, "perceptual_network": "none",
-        "perceptual_weights": "", "perceptual_weight": 0.1, "perceptual_on_logits": True,
+        "perceptual_weights": "", "perceptual_weight": 0.1, "perceptual_on_logits": False,
         "adversarial_weight": 0.1,
         "discriminator_start": 0, "r1_weight": 10.0, "lecam_weight": 0.0,
         "lecam_ema_decay": 0.999, "quantizer_weight": 1.0})
@@ -105,6 +108,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "num_images": 1000,
         "batch_size": 50,
         "out_dir": "",  # where the usage histogram PNG and counts go ("" = not written)
+        # FID reference (FSQ paper: reconstructions against the ImageNet train set): "" =
+        # statistics of the train split computed here once, unaugmented, cached; or an ADM
+        # reference batch .npz (its mu/sigma), e.g. VIRTUAL_imagenet256_labeled.npz.
+        "reference": "",
+        "reference_images": 0,  # train images in the statistics (0 = the whole split)
     })
     (_paper if arg.size == "paper" else _tiny)(config)
     return config

@@ -25,6 +25,7 @@ def _paper(config: ml_collections.ConfigDict) -> None:
     config.batch_size = 256  # FSQ paper / MaskGIT
     config.eval_batch_size = 64
     config.total_steps = 2_500_000  # FSQ paper: 2.5M steps
+    config.ema_decay = 0.999  # MaskGIT base_config polyak_decay
     config.log_every = 100
     config.eval_every = 10_000
     config.images_every = 10_000
@@ -48,22 +49,28 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.optimizer.update(learning_rate=1e-3, warmup_steps=200, schedule="cosine",
                             end_learning_rate=1e-5)
     config.evaluators.num_images = 500
+    config.evaluators.reference_images = 500  # of the 100k train scenes: cheap on a CPU
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The transformer experiment for `arg` = '<quantizer>,<tiny|paper>' (default fsq,tiny)."""
     arg = cl.parse_arg(arg, quantizer=cl.Choice("fsq", cl.names()),
                        size=cl.Choice("tiny", ("tiny", "paper")))
+    # No EMA by default: the tiny preset's 1,200-3,000 steps are too few for MaskGIT's 0.999
+    # (the EMA, not debiased, would still hold 0.999^1200 = 30% of the initial weights).
     config = cl.loop(task="maskgit.tasks:TransformerTask", ema_decay=0.0)
     config.tokenizer_workdir = default_tokenizer_workdir(arg.quantizer, arg.size)
     config.num_classes = 1000  # 0 = from the data source
-    # MaskGIT's class-conditional transformer: 24 layers, width 768, 16 heads, MLP 3072.
+    # MaskGIT's class-conditional transformer (maskgit_class_cond_config.py): 24 layers, width
+    # 768, 16 heads, MLP 3072, dropout 0.1 on the hidden states and, as inference.py builds it
+    # (attention_probs_dropout_prob = dropout_rate), 0.1 on the attention weights.
     config.model = ml_collections.ConfigDict({
         "num_layers": 24, "hidden_size": 768, "num_heads": 16, "mlp_dim": 3072,
-        "dropout_rate": 0.1, "initializer_range": 0.02,
+        "dropout_rate": 0.1, "attention_dropout": 0.1, "initializer_range": 0.02,
         "dtype": "float32",  # compute dtype; params stay float32
         # Attention kernel: "xla" (any backend) or "cudnn" (fused flash attention, GPU with
-        # bfloat16); `benchmarks/maskgit.py --variants attention=cudnn` compares them.
+        # bfloat16, no attention-weight dropout); `benchmarks/maskgit.py --variants
+        # attention=cudnn,attention_dropout=0.0` compares them.
         "attention": "xla",
         # Dropout bits: "threefry" (jax's default) or "rbg" (XLA's RngBitGenerator).
         "dropout_rng": "threefry",
@@ -73,7 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.masking = ml_collections.ConfigDict({
         "schedule": "cosine",
         "min_ratio": 0.45,  # FSQ paper: at least 45% of the tokens masked in training
-        "label_dropout": 0.1,  # FSQ paper: labels dropped 10% of the time (for guidance)
+        # FSQ paper Sec. 4.3: 10% of the class tokens replaced by [MASK] (for guidance).
+        "label_dropout": 0.1,
     })
     config.loss = ml_collections.ConfigDict({"label_smoothing": 0.1})  # MaskGIT
     # Pre-tokenised training tokens (token_cache.dir = a directory, built on first use): the
@@ -91,6 +99,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "fid": True,  # sampling FID, precision, recall (needs `make inception`)
         "num_images": 1000,
         "batch_size": 50,
+        # FID reference (FSQ paper: ADM's suite, statistics of the whole ImageNet train set):
+        # "" = statistics of the train split computed here once, unaugmented, cached (precision
+        # and recall against its first num_images); or an ADM reference batch .npz (its mu/sigma,
+        # precision/recall against its arr_0), e.g. VIRTUAL_imagenet256_labeled.npz.
+        "reference": "",
+        "reference_images": 0,  # train images in the statistics (0 = the whole split)
     })
     (_paper if arg.size == "paper" else _tiny)(config)
     return config

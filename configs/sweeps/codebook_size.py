@@ -1,10 +1,15 @@
 """The codebook-size study (FSQ paper, Figure 3): MaskGIT with VQ and FSQ from 2^4 to 2^16 codes.
 
 `get_config("tiny")` runs on a CPU in under an hour (procedural scenes at 32x32, few steps);
-`get_config("paper")` is the paper's study (ImageNet 128x128, MaskGIT settings). FSQ levels come
-from the paper's Table 1 (the quantizer presets table of `fsq_jax.config_lib`); VQ gets 2^k
-codes. `scripts/sweep.py` (library: `maskgit.sweep`) trains both stages per (quantizer, size) and
-plots the four panels.
+`get_config("paper")` is the paper's study (ImageNet 128x128, MaskGIT settings, App. A.4.1). FSQ
+levels come from the paper's Table 1 (the quantizer presets table of `fsq_jax.config_lib`); VQ
+gets 2^k codes. `scripts/sweep.py` (library: `maskgit.sweep`) trains both stages per
+(quantizer, size) and plots the four panels.
+
+Both presets train stage II without classifier-free guidance: App. A.4.1 copies "all other
+hyperparameters" from MaskGIT's configs (which have none) and the paper brings guidance in for
+its ImageNet-256 models only (Sec. 4.3). The compression cost uses M2T's deterministic masking
+schedule (QLDS locations, group sizes floor(N (t/T)^2.2)), as Sec. 4.2 says.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ from __future__ import annotations
 import ml_collections
 
 from fsq_jax import config_lib as cl
+
+# Stage-II settings of the study that differ from the MaskGIT presets: no guidance (and so no
+# label dropout to train the unconditional input).
+NO_GUIDANCE = {"masking": {"label_dropout": 0.0}, "sampling": {"guidance_scale": 0.0}}
 
 
 def _tiny() -> dict:
@@ -44,32 +53,40 @@ def _tiny() -> dict:
             "eval_steps": 1, "keep_checkpoints": 1,
             "model": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "mlp_dim": 256},
             "optimizer": {"warmup_steps": 30},
-            "sampling": {"num_steps": 8},
+            "masking": NO_GUIDANCE["masking"],
+            "sampling": {"num_steps": 8, **NO_GUIDANCE["sampling"]},
             "evaluators": {"fid": True, "num_images": 64, "batch_size": 64},
         },
         # Codebook usage from tokens only (no decoder, no Inception), so it can use enough
         # images to see every code: 2048 images x 64 tokens = 2^17 tokens >= 2 x 2^16.
         "usage": {"num_images": 2048, "batch_size": 256},
-        # Compression cost: a fixed random masking order in `num_steps` cosine groups.
-        "compression": {"num_images": 64, "batch_size": 64, "num_steps": 8, "order": "random",
-                        "seed": 0},
+        # Compression cost: M2T's schedule (QLDS order, power-2.2 group sizes) in 8 steps for
+        # the 8x8 tokens (the paper's 12 steps are for ImageNet's).
+        "compression": {"num_images": 64, "batch_size": 64, "num_steps": 8, "order": "qlds",
+                        "alpha": 2.2, "seed": 0},
     }
 
 
 def _paper() -> dict:
-    """FSQ paper, Sec. 4.2 / Figure 3: MaskGIT on ImageNet 128x128, VQ vs FSQ, codebook sizes
-    2^4 ... 2^16 with the levels of Table 1; everything else as the MaskGIT presets in
-    configs/maskgit/*.py (google-research/maskgit; 16x downsampling gives 8x8 tokens at 128)."""
+    """FSQ paper, Sec. 4.2 / Figure 3 / App. A.4.1: MaskGIT on ImageNet 128x128, VQ vs FSQ,
+    codebook sizes 2^4 ... 2^16 with the levels of Table 1; stage I ~500k steps and stage II
+    ~1M steps, both at batch 256 (100 and 200 epochs); everything else as the MaskGIT presets
+    in configs/maskgit/*.py (google-research/maskgit; 16x downsampling: 8x8 tokens at 128)."""
     return {
         "preset": "paper",
         "maskgit_size": "paper",
         "quantizers": ("vq", "fsq"),
         "log2_sizes": tuple(sorted(cl.RECOMMENDED_LEVELS)),
-        "tokenizer": {"data": {"image_size": 128}},
-        "transformer": {"data": {"image_size": 128}},
+        # A.4.1: "100 epochs for Stage I, split into ~500k steps of batch size 256".
+        "tokenizer": {"data": {"image_size": 128}, "total_steps": 500_000, "batch_size": 256},
+        # A.4.1: "200 epochs split into ~1M steps for Stage II, also using batch size 256".
+        "transformer": {"data": {"image_size": 128}, "total_steps": 1_000_000,
+                        "batch_size": 256, **NO_GUIDANCE},
+        # Sec. 4.2: codebook usage "when encoding the validation set" (ImageNet's 50k images).
         "usage": {"num_images": 50_000, "batch_size": 256},
+        # Sec. 4.2: M2T's deterministic schedule; M2T's main results: alpha 2.2, S = 12 steps.
         "compression": {"num_images": 10_000, "batch_size": 64, "num_steps": 12,
-                        "order": "random", "seed": 0},
+                        "order": "qlds", "alpha": 2.2, "seed": 0},
     }
 
 

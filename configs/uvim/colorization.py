@@ -13,7 +13,8 @@ import ml_collections
 
 from fsq_jax import config_lib as cl
 
-# ImageNet-2012 has 1,281,167 training images; UViM holds out the first 4096 for stage I.
+# ImageNet-2012 has 1,281,167 training images; UViM holds out the first 4096 (both stages
+# train on "train[4096:]").
 _IMAGENET_TRAIN = 1_281_167
 _STAGE1_TRAIN = _IMAGENET_TRAIN - 4_096
 
@@ -60,14 +61,14 @@ TINY_STAGE = _stage(optimizer={"name": "adam", "learning_rate": 1e-3, "schedule"
 PAPER = {
     # big_vision configs/proj/uvim/vqvae_imagenet2012_colorization.py: res=512, batch 1024,
     # 100 epochs, adafactor (beta2_cap 0.95) lr 4e-4, wd 4e-5, cosine with 4k warmup, clip 1.0.
-    # 20 evaluator batches of 256: FID-5k.
+    # PSNR on 20 validation batches of 256; FID-5k is its own evaluator (output.fid).
     "stage1": _paper_stage(learning_rate=4e-4, weight_decay=4e-5, grad_clip_norm=1.0,
                            total_steps=100 * _STAGE1_TRAIN // 1024, batch_size=1024,
                            eval_every=250, evaluator_batches=20),
     # big_vision configs/proj/uvim/train_imagenet2012_colorization_pretrained.py: batch 512,
-    # 50 epochs, adafactor lr 1e-3, wd 1e-6, cosine with 4k warmup, no clipping.
+    # 50 epochs of train[4096:], adafactor lr 1e-3, wd 1e-6, cosine with 4k warmup, no clipping.
     "stage2": _paper_stage(learning_rate=1e-3, weight_decay=1e-6,
-                           total_steps=50 * _IMAGENET_TRAIN // 512, batch_size=512,
+                           total_steps=50 * _STAGE1_TRAIN // 512, batch_size=512,
                            eval_every=1_000, evaluator_batches=20),
 }
 
@@ -83,9 +84,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     paper = arg.size == "paper"
     task = "Stage1Task" if arg.stage == "stage1" else "Stage2Task"
     config = cl.loop(task=f"uvim.tasks:{task}")
-    config.data.update({"source": "tfds:imagenet2012", "image_size": 512})
-    # UViM's colorization metric is FID (it needs the converted InceptionV3: make inception).
-    config.output = ml_collections.ConfigDict({"name": "colorization", "fid": True})
+    # big_vision vqvae_imagenet2012_colorization.py / train_*_colorization_pretrained.py: train
+    # on "train[4096:]" with decode_jpeg_and_inception_crop(512) and flip_lr; evaluate the
+    # whole image resized to 512.
+    config.data.update({"source": "tfds:imagenet2012", "image_size": 512, "crop": "inception",
+                        "random_flip": True, "eval_crop": "resize", "train_skip": 4_096})
+    # UViM's colorization metric is ColTran's FID-5k (evaluators/proj/uvim/coltran_fid.py;
+    # uvim/coltran_fid.py). It needs the converted InceptionV3: make inception.
+    config.output = ml_collections.ConfigDict({"name": "colorization", "fid": "coltran"})
     # UViM's stage I (big_vision vqvae_*.py configs): ViT-B-sized oracle, 6 encoder and 12
     # decoder layers at width 768, 16x16 patches of 512x512 outputs, a 256-token code.
     config.model = ml_collections.ConfigDict({
@@ -108,14 +114,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # tiny: [8,5,5,5] / 1024 codes, so the tiny runs can fill the codebook in minutes. UViM's
     # VQ (big_vision models/proj/uvim/vit.py): codewords of dim 768, EMA dictionary learning
     # with momentum 0.995, unit-norm codewords, no commitment loss, and splitting of the most
-    # used codeword whenever one's discounted count drops below 0.1. UViM's discounted count is
+    # used codeword whenever one's discounted count drops below 0.1; the encoder output is
+    # standardised (jax.nn.standardize) before the lookup. UViM's discounted count is
     # sum_t 0.995^t n_t (steady state n / 0.005); our usage is an EMA (steady state n), so the
     # same threshold is 0.1 * (1 - 0.995) = 5e-4, and UViM's initial count of 1 is a usage of
     # 5e-3 (an unused code splits after ~460 steps, as in UViM).
     config.quantizer = cl.quantizer(
         arg.quantizer, log2_size=12 if paper else 10,
         vq={"dim": 768 if paper else 32, "beta": 0.0, "use_ema": True, "ema_decay": 0.995,
-            "l2_normalize": True, "split_codes": not arg.nosplit, "usage_decay": 0.995,
+            "l2_normalize": True, "standardize": True, "split_codes": not arg.nosplit,
+            "usage_decay": 0.995,
             "dead_code_threshold": 5e-4, "usage_init": 5e-3, "split_perturbation": 1e-3})
     config.stage1_workdir = ""  # stage II: the workdir of the trained stage-I model
     if not paper:
@@ -124,7 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  "mlp_dim": 128, "num_heads": 2}
         config.model.update(code_len=16, **small)
         config.stage2.update(encoder_lr_multiplier=1.0, **small)
-        config.output.fid = False  # PSNR only on the tiny runs
+        config.data.train_skip = 0
+        config.output.fid = "none"  # PSNR only on the tiny runs
     stage = dict(PAPER[arg.stage] if paper else TINY_STAGE)
     config.optimizer = cl.optimizer(**stage.pop("optimizer"))
     # eval_batch_size batches the task's evaluator (task metric, usage) reads.

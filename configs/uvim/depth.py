@@ -57,15 +57,18 @@ TINY_STAGE = _stage(optimizer={"name": "adam", "learning_rate": 1e-3, "schedule"
                     images_every=500, checkpoint_every=500, eval_steps=4, evaluator_batches=8)
 
 PAPER = {
+    # evaluator_batches=0: the task metric reads all 654 validation frames once, as big_vision
+    # evaluators/proj/uvim/nyu_depth.py.
     # big_vision configs/proj/uvim/vqvae_nyu_depth.py: res=512, batch 1024, 200 epochs,
     # adafactor (beta2_cap 0.95) lr 1e-3, wd 1e-5, cosine with 4k warmup, grad clip 1.0.
     "stage1": _paper_stage(learning_rate=1e-3, weight_decay=1e-5, grad_clip_norm=1.0,
                            total_steps=200 * _NYU_TRAIN // 1024, batch_size=1024,
-                           eval_every=250),
+                           eval_every=250, evaluator_batches=0),
     # big_vision configs/proj/uvim/train_nyu_depth_pretrained.py: batch 512, 50 epochs,
     # adafactor lr 1e-3, wd 1e-6, cosine with 4k warmup, no clipping.
     "stage2": _paper_stage(learning_rate=1e-3, weight_decay=1e-6,
-                           total_steps=50 * _NYU_TRAIN // 512, batch_size=512, eval_every=1_000),
+                           total_steps=50 * _NYU_TRAIN // 512, batch_size=512,
+                           eval_every=1_000, evaluator_batches=0),
 }
 
 
@@ -80,7 +83,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     paper = arg.size == "paper"
     task = "Stage1Task" if arg.stage == "stage1" else "Stage2Task"
     config = cl.loop(task=f"uvim.tasks:{task}")
-    config.data.update({"source": "tfds:nyu_depth_v2", "image_size": 512})
+    # big_vision vqvae_nyu_depth.py / train_nyu_depth_pretrained.py: train on "train" with a
+    # random flip and inception_box|crop_box stretched to 512 (depth nearest); evaluate on
+    # "validation" (654 frames) through nyu_eval_crop (426x560) stretched to 512, scoring the
+    # prediction resized back to the crop against its native ground truth (nyu_depth.py).
+    config.data.update({"source": "tfds:nyu_depth_v2", "image_size": 512, "crop": "inception",
+                        "random_flip": True, "eval_crop": "nyu_eval_crop",
+                        "eval_native_shape": (426, 560), "train_skip": 0})
     # UViM: depth quantised to 256 bins over [1e-3, 10] m (big_vision vqvae_nyu_depth.py).
     config.output = ml_collections.ConfigDict(
         {"name": "depth", "bins": 256, "min_depth": 1e-3, "max_depth": 10.0})
@@ -106,14 +115,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # tiny: [8,5,5,5] / 1024 codes, so the tiny runs can fill the codebook in minutes. UViM's
     # VQ (big_vision models/proj/uvim/vit.py): codewords of dim 768, EMA dictionary learning
     # with momentum 0.995, unit-norm codewords, no commitment loss, and splitting of the most
-    # used codeword whenever one's discounted count drops below 0.1. UViM's discounted count is
+    # used codeword whenever one's discounted count drops below 0.1; the encoder output is
+    # standardised (jax.nn.standardize) before the lookup. UViM's discounted count is
     # sum_t 0.995^t n_t (steady state n / 0.005); our usage is an EMA (steady state n), so the
     # same threshold is 0.1 * (1 - 0.995) = 5e-4, and UViM's initial count of 1 is a usage of
     # 5e-3 (an unused code splits after ~460 steps, as in UViM).
     config.quantizer = cl.quantizer(
         arg.quantizer, log2_size=12 if paper else 10,
         vq={"dim": 768 if paper else 32, "beta": 0.0, "use_ema": True, "ema_decay": 0.995,
-            "l2_normalize": True, "split_codes": not arg.nosplit, "usage_decay": 0.995,
+            "l2_normalize": True, "standardize": True, "split_codes": not arg.nosplit,
+            "usage_decay": 0.995,
             "dead_code_threshold": 5e-4, "usage_init": 5e-3, "split_perturbation": 1e-3})
     config.stage1_workdir = ""  # stage II: the workdir of the trained stage-I model
     if not paper:

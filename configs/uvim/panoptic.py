@@ -13,7 +13,8 @@ import ml_collections
 
 from fsq_jax import config_lib as cl
 
-# COCO 2017 panoptic has 118,287 training images; UViM holds out the first 4096 for stage I.
+# COCO 2017 panoptic has 118,287 training images; UViM holds out the first 4096 (both stages
+# train on "train[4096:]").
 _COCO_TRAIN = 118_287
 _STAGE1_TRAIN = _COCO_TRAIN - 4_096
 
@@ -58,16 +59,18 @@ TINY_STAGE = _stage(optimizer={"name": "adam", "learning_rate": 1e-3, "schedule"
                     images_every=500, checkpoint_every=500, eval_steps=4, evaluator_batches=8)
 
 PAPER = {
+    # evaluator_batches=0: PQ over all 5000 validation images once, as big_vision
+    # evaluators/proj/uvim/coco_panoptic.py.
     # big_vision configs/proj/uvim/vqvae_coco_panoptic.py: res=512, batch 1024, 1000 epochs,
     # adafactor (beta2_cap 0.95) lr 4e-4, wd 4e-5, cosine with 4k warmup, grad clip 1.0.
     "stage1": _paper_stage(learning_rate=4e-4, weight_decay=4e-5, grad_clip_norm=1.0,
                            total_steps=1000 * _STAGE1_TRAIN // 1024, batch_size=1024,
-                           eval_every=250),
-    # big_vision configs/proj/uvim/train_coco_panoptic_pretrained.py: batch 512, 200 epochs,
-    # adafactor lr 1e-3, wd 1e-6, cosine with 4k warmup, no clipping.
+                           eval_every=250, evaluator_batches=0),
+    # big_vision configs/proj/uvim/train_coco_panoptic_pretrained.py: batch 512, 200 epochs of
+    # train[4096:], adafactor lr 1e-3, wd 1e-6, cosine with 4k warmup, no clipping.
     "stage2": _paper_stage(learning_rate=1e-3, weight_decay=1e-6,
-                           total_steps=200 * _COCO_TRAIN // 512, batch_size=512,
-                           eval_every=1_000),
+                           total_steps=200 * _STAGE1_TRAIN // 512, batch_size=512,
+                           eval_every=1_000, evaluator_batches=0),
 }
 
 
@@ -82,9 +85,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     paper = arg.size == "paper"
     task = "Stage1Task" if arg.stage == "stage1" else "Stage2Task"
     config = cl.loop(task=f"uvim.tasks:{task}")
-    config.data.update({"source": "tfds:coco/2017_panoptic", "image_size": 512})
+    # big_vision vqvae_coco_panoptic.py / train_coco_panoptic_pretrained.py: train on
+    # "train[4096:]" with a random flip and inception_box|crop_box stretched to 512 (labels
+    # nearest); evaluate the whole image stretched to 512, scoring the prediction resized back
+    # to the original size (COCO images are at most 640x640) with panopticapi's rules
+    # (evaluators/proj/uvim/coco_panoptic.py).
+    config.data.update({"source": "tfds:coco/2017_panoptic", "image_size": 512,
+                        "crop": "inception", "random_flip": True, "eval_crop": "resize",
+                        "eval_native_shape": (640, 640), "train_skip": 4_096})
     # UViM on COCO panoptic: 133 classes (+ void), the 80 thing classes first, 100 instance
-    # slots (big_vision vqvae_coco_panoptic.py). The loop checks them against the data source.
+    # channels, slot 0 void (big_vision vqvae_coco_panoptic.py inputs: semantics (133 + 1),
+    # instances (100)). The loop checks the classes against the data source.
     config.output = ml_collections.ConfigDict({
         "name": "panoptic", "num_classes": 133, "max_instances": 100,
         "thing_classes": tuple(range(80))})
@@ -110,14 +121,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # tiny: [8,5,5,5] / 1024 codes, so the tiny runs can fill the codebook in minutes. UViM's
     # VQ (big_vision models/proj/uvim/vit.py): codewords of dim 768, EMA dictionary learning
     # with momentum 0.995, unit-norm codewords, no commitment loss, and splitting of the most
-    # used codeword whenever one's discounted count drops below 0.1. UViM's discounted count is
+    # used codeword whenever one's discounted count drops below 0.1; the encoder output is
+    # standardised (jax.nn.standardize) before the lookup. UViM's discounted count is
     # sum_t 0.995^t n_t (steady state n / 0.005); our usage is an EMA (steady state n), so the
     # same threshold is 0.1 * (1 - 0.995) = 5e-4, and UViM's initial count of 1 is a usage of
     # 5e-3 (an unused code splits after ~460 steps, as in UViM).
     config.quantizer = cl.quantizer(
         arg.quantizer, log2_size=12 if paper else 10,
         vq={"dim": 768 if paper else 32, "beta": 0.0, "use_ema": True, "ema_decay": 0.995,
-            "l2_normalize": True, "split_codes": not arg.nosplit, "usage_decay": 0.995,
+            "l2_normalize": True, "standardize": True, "split_codes": not arg.nosplit,
+            "usage_decay": 0.995,
             "dead_code_threshold": 5e-4, "usage_init": 5e-3, "split_perturbation": 1e-3})
     config.stage1_workdir = ""  # stage II: the workdir of the trained stage-I model
     if not paper:
@@ -126,8 +139,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  "mlp_dim": 128, "num_heads": 2}
         config.model.update(code_len=16, **small)
         config.stage2.update(encoder_lr_multiplier=1.0, **small)
+        config.data.train_skip = 0
         # The procedural scenes: 12 object classes (things), then sky and ground (stuff); at
-        # most 4 objects per scene by default.
+        # most 4 objects per scene by default, so at most 6 segments (slots 1..6 of 0..7).
         config.output.update(num_classes=14, thing_classes=tuple(range(12)), max_instances=8)
     stage = dict(PAPER[arg.stage] if paper else TINY_STAGE)
     config.optimizer = cl.optimizer(**stage.pop("optimizer"))

@@ -9,7 +9,6 @@ from fsq_jax.config_lib.arg import Choice, parse_arg
 from fsq_jax.config_lib.fields import changed_fields, flatten, has_field, set_field
 from fsq_jax.config_lib.files import load
 from fsq_jax.config_lib.quantizers import RECOMMENDED_LEVELS, fsq_levels, names, quantizer, sized
-from fsq_jax.config_lib.schema import ConfigError, FieldError, check, defaults, require
 from fsq_jax.config_lib.sections import (
     DataConfig,
     LoopConfig,
@@ -18,6 +17,7 @@ from fsq_jax.config_lib.sections import (
     loop,
     optimizer,
 )
+from fsq_jax.schema import ConfigError, FieldError, check, defaults, require
 
 __all__ = [
     "RECOMMENDED_LEVELS",

@@ -12,14 +12,27 @@ from pathlib import Path
 
 import ml_collections
 
-# The repository's config tree; a path that is not a file as given is looked up here.
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+def _configs_dir() -> Path:
+    """The config tree: the copy an installed package ships (fsq_jax/configs, see setup.py),
+    else the checkout's configs/ beside the fsq_jax package."""
+    installed = Path(__file__).resolve().parents[1] / "configs"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+# A relative config path that is not a file as given is looked up here.
+CONFIGS_DIR = _configs_dir()
 
 
 def resolve(path: str) -> Path:
     """A config file: relative paths are looked up under `CONFIGS_DIR` first ("maskgit/
-    tokenizer.py"), then as given ("configs/maskgit/tokenizer.py", "/abs/my_config.py")."""
+    tokenizer.py"), then as given ("configs/maskgit/tokenizer.py", "/abs/my_config.py"), then
+    under `CONFIGS_DIR` without a leading "configs/" (the repository's spelling, outside a
+    checkout)."""
     candidates = [Path(path)] if Path(path).is_absolute() else [CONFIGS_DIR / path, Path(path)]
+    parts = Path(path).parts
+    if len(parts) > 1 and parts[0] == "configs":
+        candidates.append(CONFIGS_DIR.joinpath(*parts[1:]))
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -14,10 +14,13 @@ from typing import Literal
 
 import ml_collections
 
-from fsq_jax.config_lib.schema import FieldError, defaults, require
+from fsq_jax.schema import FieldError, defaults, require
 
 NanPolicy = Literal["stop", "skip"]
-CropMode = Literal["center", "random", "resize"]
+CropMode = Literal["center", "random", "resize", "inception"]
+# "" = as `crop` ("random" -> "center", "inception" -> "resize"); "nyu_eval_crop": big_vision's
+# fixed NYU Depth v2 evaluation window (fsq_jax/data/preprocess.py).
+EvalCropMode = Literal["", "center", "resize", "nyu_eval_crop"]
 OnCorrupt = Literal["fail", "skip"]
 # "adafactor" is optax's; "big_vision_adafactor" is UViM's (big_vision/optax.py), see
 # fsq_jax/train/big_vision_optax.py.
@@ -37,10 +40,28 @@ class DataConfig:
     shuffle: bool = True  # shuffle the train split (evaluation splits keep their order)
     tfds_data_dir: str = ""  # "" = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
     on_corrupt: OnCorrupt = "fail"  # folder sources: fail on, or skip, unreadable images
+    # Folder sources: an image with more pixels (width x height, read from its header before
+    # decoding) is unreadable (see on_corrupt). 50 Mpx holds a 48-Mpx phone photo (~150 MB
+    # decoded) and stays far below PIL's own bomb limit (89 Mpx warning, 179 Mpx refusal).
+    max_pixels: int = 50_000_000
+    # Folder sources without train/ and validation/ (or val/) subfolders: the fraction of the
+    # images held out as the validation split (picked by a hash of each file's path, so stable
+    # when images are added). 0 = such a folder has no validation split, and evaluation on it
+    # is refused rather than silently run on the training images.
+    folder_holdout: float = 0.0
     # Real images (tfds, folder): "center" square crop, "random" square crop of the train split
-    # (centre for the others), or "resize" the whole image to a square.
+    # (centre for the others), "resize" the whole image to a square, or "inception": a random box
+    # of 5-100% of the area and aspect 3/4-4/3 stretched to a square (big_vision's inception_box).
     crop: CropMode = "random"
+    eval_crop: EvalCropMode = ""  # the other splits' crop; "" = as `crop` (see EvalCropMode)
     random_flip: bool = True  # horizontal flips of the train split (tfds, folder)
+    # (height, width) > 0: evaluation examples (tfds, folder) also carry their dense maps over
+    # the crop window at its native resolution, padded to this shape, as `native_<key>` with
+    # `native_shape` [2]; () = off. UViM scores NYU (426, 560) and COCO (<= 640) there.
+    eval_native_shape: tuple[int, ...] = ()
+    # TFDS: the first `train_skip` examples of the train split are held out (big_vision's
+    # UViM configs train on "train[4096:]"); scenes and folders must keep 0.
+    train_skip: int = 0
     # Procedural scenes: objects per scene and nominal split sizes (an epoch's length).
     min_objects: int = 1
     max_objects: int = 4
@@ -64,8 +85,17 @@ class DataConfig:
                 f"need 1 <= min_objects <= max_objects ({self.max_objects})")
         for field in ("train_size", "eval_size"):
             require(getattr(self, field) >= 1, field, "must be >= 1")
+        require(self.eval_native_shape == () or (len(self.eval_native_shape) == 2 and all(
+            size >= 1 for size in self.eval_native_shape)), "eval_native_shape",
+            "must be () or (height, width) with both >= 1")
+        require(self.train_skip >= 0, "train_skip", "must be >= 0")
+        require(self.train_skip == 0 or kind == "tfds", "train_skip",
+                "holds out train examples of TFDS sources only; set it to 0")
         for field in ("read_threads", "prefetch_batches"):
             require(getattr(self, field) >= 0, field, "must be >= 0")
+        require(self.max_pixels >= 1, "max_pixels", "must be >= 1")
+        require(0.0 <= self.folder_holdout < 1.0, "folder_holdout",
+                "must be in [0, 1) (0 = no held-out validation images)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -137,6 +167,9 @@ class LoopConfig:
     async_checkpoints: bool = True
     ema_decay: float = 0.0  # EMA of the params used for evaluation; 0 disables it
     nan_policy: NanPolicy = "stop"  # a NaN/Inf update: stop the run, or skip the update
+    # nan_policy="skip": a run whose updates are skipped more than this many times in a row is
+    # diverging, not unlucky, and stops (NonFiniteError); the last good checkpoint is kept.
+    max_consecutive_skips: int = 10
     fsdp: bool = False  # shard params and optimiser state over the devices
     eval_steps: int = 4  # validation batches averaged by the eval step
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -145,7 +178,8 @@ class LoopConfig:
         module, _, name = self.task.partition(":")
         require(bool(module) and name.isidentifier() and self.task.count(":") == 1, "task",
                 "must be 'module.path:ClassName'")
-        for field in ("total_steps", "batch_size", "eval_batch_size", "keep_checkpoints"):
+        for field in ("total_steps", "batch_size", "eval_batch_size", "keep_checkpoints",
+                      "max_consecutive_skips"):
             require(getattr(self, field) >= 1, field, "must be >= 1")
         for field in ("log_every", "eval_every", "images_every", "checkpoint_every",
                       "eval_steps", "seed"):

@@ -9,9 +9,12 @@ from fsq_jax.data import folder, preprocess, scenes, tfds_sources
 from fsq_jax.data.errors import DataError
 from fsq_jax.data.folder import CorruptImageError, FolderSource
 from fsq_jax.data.pipeline import (
+    MASK_KEY,
+    EvaluationStream,
     batches,
     build,
     default_config,
+    evaluation_mask,
     num_classes,
     num_examples,
     open_source,
@@ -22,10 +25,12 @@ from fsq_jax.data.scenes import SceneSource, render_scene
 from fsq_jax.data.tfds_sources import VOID, DatasetNotPreparedError, PanopticClasses, TfdsSource
 
 __all__ = [
+    "MASK_KEY",
     "VOID",
     "CorruptImageError",
     "DataError",
     "DatasetNotPreparedError",
+    "EvaluationStream",
     "FolderSource",
     "PanopticClasses",
     "SceneSource",
@@ -33,6 +38,7 @@ __all__ = [
     "batches",
     "build",
     "default_config",
+    "evaluation_mask",
     "folder",
     "num_classes",
     "num_examples",

@@ -3,6 +3,10 @@
 Every source is random access, so with grain's MapDataset a batch is a pure function of
 (seed, split, step): resuming at `start_step` continues the exact stream, and each host of a
 multi-host run reads its own disjoint slice of every global batch.
+
+Evaluation reads a split differently (`evaluation=True`): one pass in order, no shuffling and no
+augmentation even for the train split, the last global batch padded to full size with a boolean
+`mask` marking the real examples, so every example is scored exactly once on any host count.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from fsq_jax import config_lib
 from fsq_jax.data import folder, preprocess, scenes, tfds_sources
 
 TRAIN_SPLITS = ("train",)
+# Evaluation batches carry this bool [local batch] entry: True for real examples, False for the
+# padding that fills the last global batch.
+MASK_KEY = "mask"
 _DEFAULTS = config_lib.DataConfig()
 
 
@@ -67,8 +74,10 @@ def open_source(config: Any, split: str) -> Any:
             max_objects=_field(config, "max_objects"),
         )
     if kind == "tfds":
-        return tfds_sources.TfdsSource(argument, split, _field(config, "tfds_data_dir"))
-    return folder.FolderSource(argument, split, _field(config, "on_corrupt"))
+        return tfds_sources.TfdsSource(argument, split, _field(config, "tfds_data_dir"),
+                                       skip=_field(config, "train_skip") if split == "train" else 0)
+    return folder.FolderSource(argument, split, _field(config, "on_corrupt"),
+                               _field(config, "max_pixels"), _field(config, "folder_holdout"))
 
 
 def num_examples(config: Any, split: str) -> int:
@@ -104,6 +113,46 @@ def _split_seed(seed: int, split: str, purpose: str) -> int:
     return zlib.crc32(f"{seed}/{split}/{purpose}".encode()) & 0x7FFFFFFF
 
 
+def evaluation_mask(step: int, batch_size: int, num_examples: int, process_index: int = 0,
+                    process_count: int = 1) -> np.ndarray:
+    """bool `[batch_size // process_count]`: which rows of host `process_index`'s slice of global
+    evaluation batch `step` are real, i.e. sit at a split position below `num_examples`."""
+    local = batch_size // process_count
+    start = step * batch_size + process_index * local
+    return np.arange(start, start + local) < num_examples
+
+
+class EvaluationStream:
+    """The batches of one evaluation pass; `num_examples` real examples over all hosts, in
+    `num_batches` global batches (so a caller knows the work ahead, e.g. for an ETA; None when a
+    stand-in data function does not say)."""
+
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]], num_examples: int | None,
+                 num_batches: int | None):
+        self._batches = batches
+        self.num_examples, self.num_batches = num_examples, num_batches
+
+    def __iter__(self) -> EvaluationStream:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._batches)
+
+
+class _PaddedSource:
+    """The first `num_examples` of `source`, then copies of the last of them up to `length`:
+    padding rows are valid inputs (any model runs on them) that the mask then hides."""
+
+    def __init__(self, source: Any, num_examples: int, length: int):
+        self.source, self.num_examples, self.length = source, num_examples, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.source[min(int(index), self.num_examples - 1)]
+
+
 def _check_stream_args(batch_size: int, start_step: int, process_index: int,
                        process_count: int, num_epochs: int | None) -> None:
     if batch_size < 1 or process_count < 1 or not 0 <= process_index < process_count:
@@ -130,6 +179,8 @@ def build(
     process_count: int = 1,
     shuffle: bool | None = None,
     num_epochs: int | None = None,
+    evaluation: bool = False,
+    num_examples: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Host-local numpy batches of `split`: dicts of [batch_size // process_count, ...] arrays.
 
@@ -141,26 +192,33 @@ def build(
     `shuffle` defaults to `data_config.shuffle` for the train split and False otherwise;
     `num_epochs=None` repeats forever, an integer stops after that many passes. A final partial
     global batch is dropped, so every batch has the same shape on every host.
+
+    `evaluation=True` reads the split for scoring instead (see `batches`): once, in order,
+    without augmentation (the evaluation crop `eval_crop_mode`, no flips, train split
+    included), the first `num_examples` only when given, the last global batch padded and
+    marked in `batch["mask"]`. It returns an `EvaluationStream`.
     """
     _check_stream_args(batch_size, start_step, process_index, process_count, num_epochs)
     source = open_source(data_config, split)
     preprocess_fn = None
     kind, _ = _source_kind(data_config)
     if kind != "scenes":
-        is_train = split in TRAIN_SPLITS
+        augment = split in TRAIN_SPLITS and not evaluation
         size = _field(data_config, "image_size")
         mode = _field(data_config, "crop")
-        if mode == "random" and not is_train:
-            mode = "center"
-        flip = bool(_field(data_config, "random_flip")) and is_train
+        if not augment:  # evaluation crops are deterministic (data.eval_crop)
+            mode = preprocess.eval_crop_mode(mode, _field(data_config, "eval_crop"))
+        flip = bool(_field(data_config, "random_flip")) and augment
+        native = None if augment else (tuple(_field(data_config, "eval_native_shape")) or None)
 
         def preprocess_fn(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
             do_flip = flip and bool(rng.integers(2))
-            return preprocess.square_resize(example, size, mode, do_flip, rng)
+            return preprocess.square_resize(example, size, mode, do_flip, rng, native)
 
     return batches(source, data_config, split, batch_size, start_step=start_step,
                    process_index=process_index, process_count=process_count, shuffle=shuffle,
-                   num_epochs=num_epochs, preprocess_fn=preprocess_fn)
+                   num_epochs=num_epochs, preprocess_fn=preprocess_fn, evaluation=evaluation,
+                   num_examples=num_examples)
 
 
 def batches(
@@ -175,14 +233,29 @@ def batches(
     shuffle: bool | None = None,
     num_epochs: int | None = None,
     preprocess_fn: Any = None,
+    evaluation: bool = False,
+    num_examples: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """`build`'s stream over any random-access `source` (len, __getitem__ -> dict of arrays).
 
     Same order, sharding over hosts and resumption as `build` (it is `build`'s second half), so
     other example stores (e.g. a token cache) follow the data config's seed and shuffle.
     `preprocess_fn(example, np_rng) -> example` runs per example with a seeded generator.
+
+    `evaluation=True`: one pass over the first `num_examples` (default: all) of `source` in
+    order, never shuffled, in ceil(n / batch_size) global batches; the last one is filled up with
+    copies of the last example, and every batch has `mask` (bool [local batch]) True exactly at
+    the real examples. Host p gets the p-th slice of every global batch, so hosts see disjoint
+    examples and, together, each of them once. Returns an `EvaluationStream`.
     """
     _check_stream_args(batch_size, start_step, process_index, process_count, num_epochs)
+    if evaluation:
+        return _evaluation_batches(source, data_config, split, batch_size, start_step,
+                                   process_index, process_count, shuffle, num_epochs,
+                                   preprocess_fn, num_examples)
+    if num_examples is not None:
+        raise ValueError("build: num_examples is only for evaluation=True (a training stream "
+                         "is bounded by num_epochs)")
     if shuffle is None:
         shuffle = bool(_field(data_config, "shuffle")) and split in TRAIN_SPLITS
     seed = _field(data_config, "seed")
@@ -202,6 +275,38 @@ def batches(
         dataset = dataset[: global_steps * process_count]
     dataset = dataset[process_index::process_count]
     dataset = dataset[start_step:]
+    return _read(dataset, data_config)
+
+
+def _evaluation_batches(source: Any, data_config: Any, split: str, batch_size: int,
+                        start_step: int, process_index: int, process_count: int,
+                        shuffle: bool | None, num_epochs: int | None, preprocess_fn: Any,
+                        num_examples: int | None) -> EvaluationStream:
+    """`batches(..., evaluation=True)`."""
+    if shuffle or num_epochs is not None:
+        raise ValueError(f"build: evaluation reads the split once in order; got shuffle={shuffle}"
+                         f", num_epochs={num_epochs}")
+    if num_examples is not None and num_examples < 1:
+        raise ValueError(f"build: num_examples = {num_examples} must be >= 1 or None")
+    total = len(source) if num_examples is None else min(num_examples, len(source))
+    if total == 0:
+        raise ValueError(f"build: split {split!r} has no examples to evaluate")
+    steps = -(-total // batch_size)
+    dataset = grain.MapDataset.source(_PaddedSource(source, total, steps * batch_size))
+    if preprocess_fn is not None:  # without augmentation: the rng goes unused
+        seed = _field(data_config, "seed")
+        dataset = dataset.random_map(preprocess_fn, seed=_split_seed(seed, split, "evaluate"))
+    dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+    dataset = dataset[process_index::process_count]
+    dataset = dataset.map_with_index(lambda step, batch: {
+        **batch, MASK_KEY: evaluation_mask(step, batch_size, total, process_index,
+                                           process_count)})
+    dataset = dataset[start_step:]
+    return EvaluationStream(_read(dataset, data_config), total, steps)
+
+
+def _read(dataset: grain.MapDataset, data_config: Any) -> Iterator[dict[str, np.ndarray]]:
+    """Iterates `dataset`: with `read_threads` threads prefetching, or in the calling thread."""
     threads = _field(data_config, "read_threads")
     if threads == 0:
         return _iterate(dataset)

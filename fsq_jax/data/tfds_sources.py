@@ -11,7 +11,9 @@ segment's class is its `panoptic_objects/label` (contiguous 0..132: the 80 thing
 the 53 stuff classes). A panoptic map whose size differs from the image's is resampled (nearest) to
 the image grid. Things get instance ids 1, 2, ... in segment order; stuff gets instance 0;
 pixels of no segment (id 0, or an id without annotation) are void: semantic `VOID` = -1, instance 0.
-Crowd segments keep their class but get instance 0 (they are not countable instances).
+Crowd segments keep their class but get instance 0 (they are not countable instances), and their
+pixels are marked in `panoptic_crowd` (bool [H, W]), which panoptic quality ignores as panopticapi
+does.
 """
 
 from __future__ import annotations
@@ -121,10 +123,11 @@ def _prepare_hint(name: str, data_dir: str) -> str:
     return hint
 
 
-def open_source(name: str, split: str, data_dir: str = "") -> Any:
+def open_source(name: str, split: str, data_dir: str = "", decoders: Any = None) -> Any:
     """`tfds.data_source(name, split)` (random access), or DatasetNotPreparedError saying why.
 
     Never downloads: a dataset must have been prepared (in array_record format) beforehand.
+    `decoders` are TFDS feature decoders (e.g. `tfds.decode.SkipDecoding()` for the images).
     """
     import tensorflow_datasets as tfds
 
@@ -137,7 +140,7 @@ def open_source(name: str, split: str, data_dir: str = "") -> Any:
             "the name against `tfds.list_builders()` or the TFDS catalog"
         ) from None
     try:
-        return builder.as_data_source(split=split)
+        return builder.as_data_source(split=split, decoders=decoders)
     except Exception as e:
         reason = _first_line(e)
     location = builder.data_dir
@@ -189,6 +192,20 @@ def decode_panoptic(
     segment_ids [n], segment_labels [n] (contiguous class ids) and segment_is_crowd [n] describe the
     segments. Unannotated pixels get semantic VOID and instance 0; stuff and crowd get instance 0.
     """
+    semantic, instance, _ = decode_panoptic_with_crowd(
+        panoptic_image, segment_ids, segment_labels, segment_is_crowd, is_thing)
+    return semantic, instance
+
+
+def decode_panoptic_with_crowd(
+    panoptic_image: np.ndarray,
+    segment_ids: np.ndarray,
+    segment_labels: np.ndarray,
+    segment_is_crowd: np.ndarray | None = None,
+    is_thing: tuple[bool, ...] = COCO_PANOPTIC_CLASSES.is_thing,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`decode_panoptic`'s semantic and instance maps and the crowd map (bool [H, W], True on
+    the pixels of segments with `is_crowd`)."""
     if panoptic_image.ndim != 3 or panoptic_image.shape[-1] != 3:
         raise ValueError(f"panoptic image must be [H, W, 3], got {panoptic_image.shape}")
     rgb = panoptic_image.astype(np.int64)
@@ -198,8 +215,9 @@ def decode_panoptic(
         count = min(count, len(segment_is_crowd))
     semantic = np.full(ids.shape, VOID, dtype=np.int32)
     instance = np.zeros(ids.shape, dtype=np.int32)
+    crowd_map = np.zeros(ids.shape, dtype=bool)
     if count == 0:
-        return semantic, instance
+        return semantic, instance, crowd_map
     seg_ids = np.asarray(segment_ids[:count], dtype=np.int64)
     seg_labels = np.asarray(segment_labels[:count], dtype=np.int64)
     crowd = (np.zeros(count, dtype=bool) if segment_is_crowd is None
@@ -216,7 +234,8 @@ def decode_panoptic(
     segment = order[position]
     semantic[found] = seg_labels[segment[found]]
     instance[found] = instance_of_segment[segment[found]]
-    return semantic, instance
+    crowd_map[found] = crowd[segment[found]]
+    return semantic, instance, crowd_map
 
 
 def to_example(record: dict[str, Any], dataset_kind: str) -> dict[str, np.ndarray]:
@@ -238,33 +257,60 @@ def to_example(record: dict[str, Any], dataset_kind: str) -> dict[str, np.ndarra
         example["depth"] = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     elif dataset_kind == "panoptic":
         objects = record["panoptic_objects"]
-        semantic, instance = decode_panoptic(
+        maps = decode_panoptic_with_crowd(
             np.asarray(record["panoptic_image"]),
             np.asarray(objects["id"]),
             np.asarray(objects["label"]),
             np.asarray(objects["is_crowd"]) if "is_crowd" in objects else None,
         )
-        if semantic.shape != image.shape[:2]:  # never in COCO; resample to the image grid
-            window = (0, 0, *semantic.shape)
-            semantic = resize_nearest(semantic, window, image.shape[:2])
-            instance = resize_nearest(instance, window, image.shape[:2])
-        example["panoptic_semantic"], example["panoptic_instance"] = semantic, instance
+        if maps[0].shape != image.shape[:2]:  # never in COCO; resample to the image grid
+            window = (0, 0, *maps[0].shape)
+            maps = tuple(resize_nearest(m, window, image.shape[:2]) for m in maps)
+        for key, value in zip(("panoptic_semantic", "panoptic_instance", "panoptic_crowd"), maps):
+            example[key] = value
     return example
 
 
 class TfdsSource:
-    """Random-access source of examples (project keys, original size) from a TFDS dataset split."""
+    """Random-access source of examples (project keys, original size) from a TFDS dataset split.
 
-    def __init__(self, name: str, split: str, data_dir: str = ""):
-        self.name, self.split = name, split
+    `skip` holds out the split's first examples: example i is record `skip + i`, the records of
+    the TFDS split spec `f"{split}[{skip}:]"` (UViM trains on "train[4096:]").
+    """
+
+    def __init__(self, name: str, split: str, data_dir: str = "", skip: int = 0):
+        self.name, self.split, self.skip = name, split, int(skip)
         self.kind = kind(name)
         self._source = open_source(name, split, data_dir)
+        if not 0 <= self.skip < len(self._source):
+            raise ValueError(f"data.train_skip = {skip}: the {name!r} split {split!r} has "
+                             f"{len(self._source)} examples")
 
     def __len__(self) -> int:
-        return len(self._source)
+        return len(self._source) - self.skip
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return to_example(self._source[int(index)], self.kind)
+        return to_example(self._source[self.skip + int(index)], self.kind)
 
     def __repr__(self) -> str:
-        return f"TfdsSource({self.name!r}, split={self.split!r}, examples={len(self)})"
+        held_out = f", skip={self.skip}" if self.skip else ""
+        return f"TfdsSource({self.name!r}, split={self.split!r}{held_out}, examples={len(self)})"
+
+
+def file_name_index(name: str, split: str, data_dir: str = "",
+                    feature: str = "file_name") -> dict[str, int]:
+    """`{file name: record index}` of a TFDS split whose records have a `feature` text field
+    (imagenet2012's `file_name`), read without decoding the images."""
+    import tensorflow_datasets as tfds
+
+    source = open_source(name, split, data_dir,
+                         decoders={"image": tfds.decode.SkipDecoding()})
+    index = {}
+    for position in range(len(source)):
+        record = source[position]
+        if feature not in record:
+            raise ValueError(f"TFDS dataset {name!r} has no {feature!r} feature (it has "
+                             f"{', '.join(sorted(record))})")
+        value = record[feature]
+        index[value.decode() if isinstance(value, bytes) else str(value)] = position
+    return index

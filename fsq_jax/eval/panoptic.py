@@ -2,7 +2,11 @@
 
 Follows panopticapi's `pq_compute` (Kirillov et al. 2019), the metric UViM reports on COCO:
   * segments: a stuff class forms one segment per image; a thing class one segment per
-    instance id. Negative semantic labels are void (unlabelled).
+    instance id. Negative semantic labels are void (unlabelled). With
+    `segments_by_instance=True` every (class, instance id) pair is a segment, stuff included:
+    what panopticapi's `converters/2channels2panoptic_coco_format.py` makes of UViM's
+    two-channel predictions (big_vision evaluators/proj/uvim/coco_panoptic.py), whose stuff
+    regions carry instance ids too;
   * a ground-truth and a predicted segment of the same class match when IoU > 0.5, where the
     union leaves out the predicted pixels that fall on ground-truth void;
   * unmatched ground-truth segments are false negatives, except crowd regions;
@@ -27,7 +31,8 @@ def _segment_ids(semantic: np.ndarray, instance: np.ndarray, is_thing: np.ndarra
     """Dense segment ids of one image.
 
     Returns (ids `[H, W]` with 0 = void and 1..S segments, class per id `[S + 1]`, crowd flag
-    per id `[S + 1]`). Crowd pixels of a class form one crowd segment of that class.
+    per id `[S + 1]`). Crowd pixels of a class form one crowd segment of that class. Instance
+    ids split the classes where `is_thing` is True.
     """
     void = semantic < 0
     cls = np.where(void, 0, semantic).astype(np.int64)
@@ -55,12 +60,16 @@ class PanopticQuality:
 
     Args:
       thing_classes: class ids that are things (instances); every other class id is stuff.
+        They pick the classes of `pq_things` and `pq_stuff`.
+      segments_by_instance: every (class, instance id) pair is a segment, stuff included
+        (False: instance ids split only the thing classes).
     """
 
-    def __init__(self, thing_classes: Iterable[int]):
+    def __init__(self, thing_classes: Iterable[int], segments_by_instance: bool = False):
         self.thing_classes = frozenset(int(c) for c in thing_classes)
         if any(c < 0 for c in self.thing_classes):
             raise ValueError("thing class ids must be non-negative.")
+        self.segments_by_instance = segments_by_instance
         self.stats: dict[int, dict[str, float]] = {}
 
     def _stat(self, cls: int) -> dict[str, float]:
@@ -93,6 +102,8 @@ class PanopticQuality:
                   max(self.thing_classes, default=0))
         is_thing = np.zeros(top + 1, bool)
         is_thing[list(self.thing_classes)] = True
+        if self.segments_by_instance:
+            is_thing[:] = True
         for b in range(shape[0]):
             crowd = arrays[4][b] if gt_crowd is not None else None
             self._update_image(arrays[0][b], arrays[1][b], arrays[2][b], arrays[3][b], crowd,

@@ -193,6 +193,17 @@ def check_last_dim(z: jax.Array, levels: Sequence[int]) -> None:
         )
 
 
+def lossless_output(quantized: jax.Array, indices: jax.Array, codebook_size: int,
+                    compute_metrics: bool) -> QuantizerOutput:
+    """The output of a quantizer without an auxiliary loss (FSQ and its variants)."""
+    return QuantizerOutput(
+        quantized=quantized,
+        indices=indices,
+        loss=jnp.zeros((), jnp.float32),
+        metrics=codebook_lib.quantizer_batch_metrics(indices, codebook_size, compute_metrics),
+    )
+
+
 class FSQ(nn.Module):
     """Finite Scalar Quantization.
 
@@ -232,14 +243,8 @@ class FSQ(nn.Module):
         self._check_dim(z)
         codes, digits = fsq_quantize(z, self.levels, self.eps, self.shift)
         indices = digits_to_indices(digits, self.levels)
-        metrics = codebook_lib.quantizer_batch_metrics(indices, self.codebook_size,
-                                                       self.compute_metrics)
-        return QuantizerOutput(
-            quantized=codes.astype(z.dtype),
-            indices=indices,
-            loss=jnp.zeros((), jnp.float32),
-            metrics=metrics,
-        )
+        return lossless_output(codes.astype(z.dtype), indices, self.codebook_size,
+                               self.compute_metrics)
 
     def codes_to_indices(self, codes: jax.Array) -> jax.Array:
         """codes: [..., d] on the normalised grid -> int32 [...]."""
@@ -359,15 +364,8 @@ class ResidualFSQ(nn.Module):
             quantized = quantized + stage
             residual = residual - jax.lax.stop_gradient(stage)
             all_indices.append(digits_to_indices(digits, self.levels))
-        indices = jnp.stack(all_indices, axis=-1)
-        metrics = codebook_lib.quantizer_batch_metrics(indices, self.codebook_size,
-                                                       self.compute_metrics)
-        return QuantizerOutput(
-            quantized=quantized.astype(z.dtype),
-            indices=indices,
-            loss=jnp.zeros((), jnp.float32),
-            metrics=metrics,
-        )
+        return lossless_output(quantized.astype(z.dtype), jnp.stack(all_indices, axis=-1),
+                               self.codebook_size, self.compute_metrics)
 
     def codes_to_indices(self, codes: jax.Array) -> jax.Array:
         """Per-stage (unscaled) codes [..., num_stages, d] -> int32 [..., num_stages]."""

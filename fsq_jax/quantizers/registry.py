@@ -21,10 +21,10 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from fsq_jax.config_lib.schema import ConfigError, check, field_defaults
 from fsq_jax.quantizers.fsq import FSQ, ResidualFSQ
 from fsq_jax.quantizers.lfq import LFQ
 from fsq_jax.quantizers.vq import VQ
+from fsq_jax.schema import ConfigError, check, field_defaults
 
 # name -> module. Adding a quantizer: write its module (fields with defaults, `dim`,
 # `codebook_size`, the QuantizerOutput interface) and add one line here.

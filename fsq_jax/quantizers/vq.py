@@ -85,6 +85,17 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
+# jax.nn.standardize's default epsilon, the one big_vision's UViM VQ uses.
+STANDARDIZE_EPSILON = 1e-5
+
+
+def standardize(x: jax.Array, eps: float = STANDARDIZE_EPSILON) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) over the last axis: zero mean and (nearly) unit variance
+    per vector, so its norm is about sqrt(dim)."""
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+
+
 def kmeans(
     rng: jax.Array, points: jax.Array, num_clusters: int, iterations: int, normalize: bool = False
 ) -> jax.Array:
@@ -127,6 +138,11 @@ class VQ(nn.Module):
       ema_decay: decay of the EMA codebook statistics.
       ema_epsilon: Laplace smoothing of the EMA counts.
       l2_normalize: normalise z and codes to the unit sphere (cosine distance).
+      standardize: standardise z over its last axis (zero mean, unit variance, eps 1e-5)
+        instead of normalising it: UViM's VQ (big_vision models/proj/uvim/vit.py `encode`:
+        `jax.nn.standardize` before the lookup, against unit-norm codewords when
+        `l2_normalize`). The EMA statistics then average standardised vectors; `quantized` is
+        the code in the forward pass and passes gradients through the standardisation.
       reseed_dead_codes: replace codes whose usage fell below `dead_code_threshold` with random
         encodings of the current batch (draws from the RNG_STREAM rng).
       split_codes: UViM's splitting: while a code's usage is below `dead_code_threshold`, replace
@@ -151,6 +167,7 @@ class VQ(nn.Module):
     ema_decay: float = 0.99
     ema_epsilon: float = 1e-5
     l2_normalize: bool = False
+    standardize: bool = False
     reseed_dead_codes: bool = False
     split_codes: bool = False
     dead_code_threshold: float = 0.01
@@ -257,6 +274,12 @@ class VQ(nn.Module):
             )
         return self.make_rng(RNG_STREAM)
 
+    def _lookup_input(self, flat: jax.Array) -> jax.Array:
+        """[N, dim] vectors as compared with the codes: standardised, l2-normalised or as is."""
+        if self.standardize:
+            return standardize(flat)
+        return l2_normalize(flat) if self.l2_normalize else flat
+
     def _check_dim(self, z: jax.Array) -> None:
         if z.ndim == 0 or z.shape[-1] != self.dim:
             raise ValueError(f"z last dimension must equal dim={self.dim}, got shape {z.shape}")
@@ -270,9 +293,7 @@ class VQ(nn.Module):
         update = (
             train and self.is_mutable_collection(STATE_COLLECTION) and not self.is_initializing()
         )
-        flat = z.astype(jnp.float32).reshape(-1, self.dim)
-        if self.l2_normalize:
-            flat = l2_normalize(flat)
+        flat = self._lookup_input(z.astype(jnp.float32).reshape(-1, self.dim))
         flat_sg = jax.lax.stop_gradient(flat)
 
         if self.kmeans_init and update:
@@ -417,6 +438,8 @@ class VQ(nn.Module):
     def codes_to_indices(self, codes: jax.Array) -> jax.Array:
         """Vectors [..., dim] -> int32 [...] index of the nearest code."""
         self._check_dim(codes)
+        # Codes live in the codebook's space: normalised like the codes, never standardised
+        # (so indices -> codes -> indices is the identity with `standardize` too).
         flat = codes.astype(jnp.float32).reshape(-1, self.dim)
         if self.l2_normalize:
             flat = l2_normalize(flat)

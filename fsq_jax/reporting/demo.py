@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fsq_jax.reporting import collect, tables
+from fsq_jax.reporting import collect, curves, tables
 
 QUANTIZER_LABELS = {"fsq": "FSQ", "vq": "VQ"}
 
@@ -44,6 +44,15 @@ def latest_image(workdir: str, name: str) -> str | None:
     return max(candidates, key=step_of) if candidates else None
 
 
+def _setting(run: QuantizerRuns) -> tables.Setting:
+    """Dataset, resolution, steps and codebook size, from the runs' config.json files."""
+    transformer = collect.load_run(run.transformer.workdir)
+    tokenizer = collect.load_run(run.tokenizer.workdir)
+    if transformer is None:
+        return tables.Setting(steps=collect.steps_label(run.tokenizer, run.transformer))
+    return collect.setting(transformer, tokenizer)
+
+
 def maskgit_rows(runs: Mapping[str, QuantizerRuns]) -> dict[str, tables.RunResult]:
     """Our MaskGIT-table rows: sampling FID/precision/recall of stage II, usage of stage I."""
     rows = {}
@@ -57,6 +66,7 @@ def maskgit_rows(runs: Mapping[str, QuantizerRuns]) -> dict[str, tables.RunResul
             },
             config=run.transformer.config,
             checkpoint=run.transformer.checkpoint(),
+            setting=_setting(run),
         )
     return rows
 
@@ -112,6 +122,28 @@ def collect_pictures(runs: Mapping[str, QuantizerRuns], out_dir: str) -> dict[st
     return pictures
 
 
+def training_curves(runs: Mapping[str, QuantizerRuns], out_dir: str) -> dict[str, str]:
+    """Training curves of each stage, the quantizers' runs on the same axes, as PNGs in
+    `out_dir` (`<stage>_curves_train.png`, `..._evaluators.png`).
+
+    Returns picture title -> file name relative to `out_dir`.
+    """
+    pictures = {}
+    for stage in ("tokenizer", "transformer"):
+        metrics = {QUANTIZER_LABELS.get(name, name): os.path.join(getattr(run, stage).workdir,
+                                                                  "metrics.csv")
+                   for name, run in runs.items()}
+        metrics = {label: path for label, path in metrics.items() if os.path.isfile(path)}
+        if not metrics:
+            continue
+        written = curves.plot_metrics(metrics, out_dir, prefix=f"{stage}_curves_",
+                                      groups=("train", "evaluators"))
+        for group, path in written.items():
+            what = "training metrics" if group == "train" else "evaluations over training"
+            pictures[f"{stage}: {what} ({', '.join(metrics)})"] = path.name
+    return pictures
+
+
 def _first_existing(paths: list[str]) -> str | None:
     return sorted(paths)[0] if paths else None
 
@@ -129,9 +161,10 @@ def baseline_sentence(baseline: Mapping[str, float]) -> str:
 def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
            timings: Mapping[str, float] | None = None,
            codebook_sizes: Mapping[str, int] | None = None,
-           baseline: Mapping[str, float] | None = None) -> str:
+           baseline: Mapping[str, float] | None = None,
+           curve_pictures: Mapping[str, str] | None = None) -> str:
     """The whole report as markdown; `baseline` is `real_images_baseline`'s result plus
-    `num_images`."""
+    `num_images`; `curve_pictures` is `training_curves`' result."""
     parts = [
         "# fsq-jax demo: FSQ vs VQ in MaskGIT on the procedural scenes",
         "",
@@ -153,4 +186,10 @@ def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
     if pictures:
         parts += ["### Pictures", ""]
         parts += [f"**{title}**\n\n![{title}]({path})\n" for title, path in pictures.items()]
+    if curve_pictures:
+        parts += ["### Training curves", "",
+                  "From each run's metrics.csv (`scripts/plot_metrics.py --runs RUN` draws every "
+                  "group of one run).", ""]
+        parts += [f"**{title}**\n\n![{title}]({path})\n"
+                  for title, path in curve_pictures.items()]
     return "\n".join(parts)

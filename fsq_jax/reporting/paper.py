@@ -49,17 +49,24 @@ UVIM_METRICS = MappingProxyType(
     }
 )
 
-# Table 1: recommended FSQ levels per target codebook size (log2).
-RECOMMENDED_LEVELS = MappingProxyType(
+# The setting behind each of the paper's rows, so a table can show ours beside it for what it is:
+# dataset, resolution (pixels per side), training length and codebook size. MaskGIT: paper Sec. 4.1
+# (stage I 1M steps at batch 512, stage II 2.5M steps at batch 256; VQ 1024 codes, FSQ [8,5,5,5]).
+# UViM: paper Sec. 4.2 (VQ 4096 codes, FSQ [7,5,5,5,5] = 4375; "settings as UViM"), training
+# lengths from UViM's big_vision configs (configs/proj/uvim/vqvae_*.py, train_*_pretrained.py).
+MASKGIT_SETTING = MappingProxyType(
+    {"dataset": "ImageNet", "resolution": 256, "steps": "1M + 2.5M",
+     "codebook_size": MappingProxyType({"vq": 1024, "fsq": 1000})}
+)
+UVIM_SETTINGS = MappingProxyType(
     {
-        4: (5, 3),
-        6: (8, 8),
-        8: (8, 6, 5),
-        9: (8, 8, 8),
-        10: (8, 5, 5, 5),
-        11: (8, 8, 6, 5),
-        12: (7, 5, 5, 5, 5),
-        14: (8, 8, 8, 6, 5),
-        16: (8, 8, 8, 5, 5, 5),
+        task: MappingProxyType({"dataset": dataset, "resolution": 512, "steps": steps,
+                                "codebook_size": MappingProxyType({"vq": 4096, "fsq": 4375})})
+        for task, dataset, steps in (
+            ("depth", "NYU Depth v2", "200 + 50 epochs"),
+            ("panoptic", "COCO panoptic", "1000 + 200 epochs"),
+            ("panoptic_nocontext", "COCO panoptic", "1000 + 200 epochs"),
+            ("colorization", "ImageNet", "100 + 50 epochs"),
+        )
     }
 )

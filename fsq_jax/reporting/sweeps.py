@@ -1,5 +1,8 @@
 """Outputs of a codebook-size study (FSQ paper, Figure 3): one CSV row per (quantizer, size) and
-the four-panel plot (reconstruction FID, sampling FID, codebook usage, compression cost).
+the four-panel plot (reconstruction FID, sampling FID, codebook usage, compression cost), on the
+paper's axes: usage as the number of used codes (log scale, against the codebook size) and the
+compression cost in bits per token (against log2 of the codebook size, the cost of coding
+without a model).
 
 Pure functions of the rows, so a sweep cut short, or rows read back from `sweep.csv`, plot the
 same way; `maskgit.sweep` produces the rows.
@@ -22,9 +25,14 @@ CSV_COLUMNS = (
 PANELS = (
     ("recon_fid", "Reconstruction FID", "FID (lower is better)"),
     ("sampling_fid", "Sampling FID", "FID (lower is better)"),
-    ("usage", "Codebook usage", "fraction of codes used"),
-    ("compression_bits", "Compression cost", "bits / image"),
+    ("used_codes", "Codebook usage", "used codes"),
+    ("bits_per_token", "Compression cost", "bits / token"),
 )
+# The reference line of a panel (dashed, per quantizer): all codes used; uniform coding.
+REFERENCE_LINES = {
+    "used_codes": ("all codes", lambda row: float(row["codebook_size"])),
+    "bits_per_token": ("uniform (log2 codes)", lambda row: math.log2(row["codebook_size"])),
+}
 QUANTIZER_STYLES = {"vq": ("VQ", "tab:blue", "o"), "fsq": ("FSQ", "tab:orange", "s")}
 
 
@@ -87,7 +95,8 @@ def read_csv(path: str) -> list[dict[str, Any]]:
 
 def plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
     """The paper's Figure 3 layout: four panels against log2 codebook size, one line per
-    quantizer (reconstruction FID, sampling FID, codebook usage, compression cost)."""
+    quantizer (reconstruction FID, sampling FID, used codes, bits per token), the usage and
+    cost panels with their reference lines (all codes used; log2 codebook size)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,6 +113,12 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
             ys = [float(y) for x, y in points if y is not None and not math.isnan(float(y))]
             label, color, marker = QUANTIZER_STYLES.get(quantizer, (quantizer, None, "^"))
             axis.plot(xs, ys, marker=marker, color=color, label=label)
+            if column in REFERENCE_LINES:
+                name, value = REFERENCE_LINES[column]
+                line = sorted((r["log2_size"], value(r)) for r in rows
+                              if r["quantizer"] == quantizer and r.get("codebook_size"))
+                axis.plot([x for x, _ in line], [y for _, y in line], linestyle="--",
+                          linewidth=1, color=color, alpha=0.6, label=f"{label}: {name}")
         axis.set_title(panel_title)
         axis.set_xlabel("log2 codebook size")
         axis.set_ylabel(ylabel)
@@ -111,8 +126,10 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
         sizes = sorted({r["log2_size"] for r in rows})
         if sizes:
             axis.set_xticks(sizes)
-        if column == "usage":
-            axis.set_ylim(0.0, 1.05)
+        if column == "used_codes":
+            axis.set_yscale("log", base=2)
+        if column in REFERENCE_LINES:
+            axis.legend(fontsize="small")
     axes[0].legend()
     if title:
         figure.suptitle(title)

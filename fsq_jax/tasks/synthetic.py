@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from fsq_jax.data.pipeline import evaluation_mask
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -24,6 +26,8 @@ def smooth_images(
     process_count: int = 1,
     shuffle: bool | None = None,
     num_epochs: int | None = None,
+    evaluation: bool = False,
+    num_examples: int | None = None,
     cells: int = 4,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields `{"image": uint8 [batch_size // process_count, S, S, 3]}`, S = data.image_size.
@@ -32,6 +36,9 @@ def smooth_images(
     (data_config.seed, split, step) only and process `p` gets its `p`-th slice, so any process
     count sees the same global stream and resuming at `start_step` continues it. `num_epochs`
     bounds the stream to that many batches (a stand-in for an epoch); None repeats forever.
+    `evaluation=True` is `fsq_jax.data.build`'s evaluation pass over a split of `data.eval_size`
+    (`data.train_size` for train) examples, or its first `num_examples`: the stream from step 0,
+    the last batch's rows past the end marked False in `mask`.
     """
     del shuffle
     if split not in SPLITS:
@@ -49,11 +56,19 @@ def smooth_images(
         )
     local = batch_size // process_count
     split_id = SPLITS.index(split)
+    total = None
+    if evaluation:
+        split_size = int(data_config.train_size if split == "train" else data_config.eval_size)
+        total = split_size if num_examples is None else min(num_examples, split_size)
+        num_epochs, start_step = -(-total // batch_size), 0  # one pass, in batches
     step = start_step
     while num_epochs is None or step < start_step + num_epochs:
         rng = np.random.default_rng([int(data_config.seed), split_id, step])
         coarse = rng.integers(0, 256, (batch_size, cells, cells, 3), dtype=np.uint8)
         coarse = coarse[process_index * local : (process_index + 1) * local]
         factor = size // cells
-        yield {"image": np.repeat(np.repeat(coarse, factor, axis=1), factor, axis=2)}
+        batch = {"image": np.repeat(np.repeat(coarse, factor, axis=1), factor, axis=2)}
+        if total is not None:
+            batch["mask"] = evaluation_mask(step, batch_size, total, process_index, process_count)
+        yield batch
         step += 1

@@ -6,13 +6,14 @@ metrics, progress, evaluation, preemption and the NaN guard.
 """
 
 from fsq_jax.config_lib import ConfigError
-from fsq_jax.run_dir import read_config, restore_latest
+from fsq_jax.run_dir import read_config
 from fsq_jax.train import optim, sharding
 from fsq_jax.train.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointReader,
     CheckpointSaveError,
+    restore_latest,
 )
 from fsq_jax.train.evaluation import EvalContext, Evaluator, run_sharded
 from fsq_jax.train.frozen import FrozenStage, frozen_from_variables, load_frozen

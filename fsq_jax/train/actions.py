@@ -7,10 +7,9 @@ checkpoints each trigger every N steps and at the last step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
-
-from clu import periodic_actions
 
 
 def format_duration(seconds: float) -> str:
@@ -40,30 +39,44 @@ def every(period: int, total: int) -> dict[str, Any]:
     return {"every_steps": period or None, "on_steps": [total]}
 
 
-class ReportProgress(periodic_actions.ReportProgress):
-    """clu's progress report, printing `progress_line` with the metrics of `metrics_fn()`.
+def __getattr__(name: str) -> Any:
+    """`ReportProgress` is built on first use: clu's periodic actions import TensorFlow, which
+    a script that stops at a config error (one line) should not spend seconds loading."""
+    if name == "ReportProgress":
+        return _report_progress_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    The rate counts training time only: time inside `timed(...)` blocks since the last report
-    is left out, so the ETA does not depend on how often the run evaluates.
-    """
 
-    def __init__(self, *, num_train_steps: int, every_steps: int,
-                 metrics_fn: Callable[[int, float], Mapping[str, float]],
-                 print_fn: Callable[[str], None] = print):
-        super().__init__(num_train_steps=num_train_steps, every_steps=every_steps or None,
-                         every_secs=None)
-        self._metrics_fn = metrics_fn
-        self._print = print_fn
-        self._timed_at_last = 0.0
+@functools.cache
+def _report_progress_class() -> type:
+    from clu import periodic_actions
 
-    def excluded(self) -> float:
-        """Seconds spent in timed parts so far."""
-        return sum(self._time_per_part.values())
+    class ReportProgress(periodic_actions.ReportProgress):
+        """clu's progress report, printing `progress_line` with the metrics of `metrics_fn()`.
 
-    def _apply(self, step: int, t: float) -> None:
-        timed = self.excluded()
-        elapsed = max(t - self._previous_time - (timed - self._timed_at_last), 1e-9)
-        self._timed_at_last = timed
-        rate = (step - self._previous_step) / elapsed
-        metrics = self._metrics_fn(step, rate)
-        self._print(progress_line(step, self._num_train_steps, rate, metrics))
+        The rate counts training time only: time inside `timed(...)` blocks since the last report
+        is left out, so the ETA does not depend on how often the run evaluates.
+        """
+
+        def __init__(self, *, num_train_steps: int, every_steps: int,
+                     metrics_fn: Callable[[int, float], Mapping[str, float]],
+                     print_fn: Callable[[str], None] = print):
+            super().__init__(num_train_steps=num_train_steps, every_steps=every_steps or None,
+                             every_secs=None)
+            self._metrics_fn = metrics_fn
+            self._print = print_fn
+            self._timed_at_last = 0.0
+
+        def excluded(self) -> float:
+            """Seconds spent in timed parts so far."""
+            return sum(self._time_per_part.values())
+
+        def _apply(self, step: int, t: float) -> None:
+            timed = self.excluded()
+            elapsed = max(t - self._previous_time - (timed - self._timed_at_last), 1e-9)
+            self._timed_at_last = timed
+            rate = (step - self._previous_step) / elapsed
+            metrics = self._metrics_fn(step, rate)
+            self._print(progress_line(step, self._num_train_steps, rate, metrics))
+
+    return ReportProgress

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.path import atomicity
 
+from fsq_jax import run_dir
 from fsq_jax.train import integrity
 from fsq_jax.train.workdir import WorkdirError, WorkdirLock, acquire_for_run, storage_problem
 
@@ -659,3 +660,26 @@ def _abstract_leaf(leaf: Any) -> Any:
     return jax.ShapeDtypeStruct(
         array.shape, array.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     )
+
+
+def restore_latest(workdir: str, target: Any = None) -> tuple[Any, Any]:
+    """A run's config and its newest good checkpoint, read without changing the workdir.
+
+    Args:
+      workdir: a run directory.
+      target: None restores host numpy arrays as a dict with keys `step`, `params`,
+        `opt_state`, `ema_params`, `model_state`. For a typed `TrainState` pass the abstract
+        state of the task that wrote it (`jax.eval_shape(task.init_state, rng, batch)`).
+
+    Raises:
+      FileNotFoundError: no config.json or no checkpoint in `workdir`.
+    """
+    config = run_dir.read_config(workdir)
+    directory = os.path.join(workdir, run_dir.CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {workdir!r}")
+    with CheckpointReader(directory) as reader:  # never moves or deletes anything
+        restored = reader.restore_latest(target=target)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoints in {directory!r}")
+    return config, restored[1]

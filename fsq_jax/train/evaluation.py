@@ -2,25 +2,29 @@
 
 Evaluators (FID, codebook usage, PQ, ...) do not build their own data, devices or randomness: the
 loop hands each one an `EvalContext` with the run's mesh, an evaluation rng folded from the run's
-seed and step, and the task's own data function, read once in order, without shuffling, this
-process's share of each global batch.
+seed and step, and the task's own data function. `context.batches` reads a split exactly once:
+in order, without shuffling or augmentation, this process's share of each global batch, the last
+global batch padded to full size and `batch["mask"]` marking the real examples, so every example
+is scored once whatever the host and device counts. Accumulators see only real examples:
+`context.real` keeps this process's real rows, `context.gather` every process's (in order).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import jax
 import ml_collections
 import numpy as np
 
+from fsq_jax.data.pipeline import MASK_KEY, EvaluationStream, evaluation_mask
 from fsq_jax.train import sharding as sharding_lib
 
 DataFn = Callable[..., Iterator[Mapping[str, np.ndarray]]]
+Tree = TypeVar("Tree")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,21 +45,64 @@ class EvalContext:
     data_fn: DataFn
     data_config: ml_collections.ConfigDict
 
-    def batches(self, batch_size: int, num_examples: int, split: str = "validation"
-                ) -> Iterator[dict[str, np.ndarray]]:
-        """`num_examples` examples of `split` in global batches of `batch_size` (the last one
-        cut short), in order, unshuffled; each process gets its share of every batch."""
-        if num_examples < 1 or batch_size < 1:
+    def batches(self, batch_size: int, num_examples: int | None = None,
+                split: str = "validation") -> EvaluationStream:
+        """Every example of `split` (or its first `num_examples`) exactly once, in order, without
+        augmentation, in global batches of `batch_size`; this process gets its slice of each, and
+        the last global batch is padded to full size, `batch["mask"]` (bool [local]) marking
+        the real rows. The data function is called with `evaluation=True` (see
+        `fsq_jax.data.build`); batches of a stand-in data function without that mode (no
+        `mask`) count as real up to `num_examples`, which it then needs. The stream's
+        `num_examples` is the pass's real examples over all processes (None if unknown)."""
+        if batch_size < 1 or (num_examples is not None and num_examples < 1):
             raise ValueError(f"batches: num_examples = {num_examples} and batch_size = "
                              f"{batch_size} must be >= 1")
-        stream = self.data_fn(self.data_config, split, batch_size, shuffle=False,
-                              process_index=jax.process_index(),
+        stream = self.data_fn(self.data_config, split, batch_size, evaluation=True,
+                              num_examples=num_examples, process_index=jax.process_index(),
                               process_count=jax.process_count())
-        left = num_examples
-        for batch in itertools.islice(stream, math.ceil(num_examples / batch_size)):
-            local = math.ceil(min(left, batch_size) / jax.process_count())
-            yield {k: np.asarray(v)[:local] for k, v in batch.items()}
-            left -= batch_size
+        total = getattr(stream, "num_examples", num_examples)
+        return EvaluationStream(self._masked(stream, batch_size, num_examples, split), total,
+                                getattr(stream, "num_batches", None))
+
+    @staticmethod
+    def _masked(stream: Iterator[Mapping[str, np.ndarray]], batch_size: int,
+                num_examples: int | None, split: str) -> Iterator[dict[str, np.ndarray]]:
+        for step, batch in enumerate(stream):
+            batch = {key: np.asarray(value) for key, value in batch.items()}
+            if MASK_KEY not in batch:
+                if num_examples is None:
+                    raise ValueError(f"batches of {split!r}: the data function has no evaluation "
+                                     "mode (its batches have no 'mask'), so give num_examples")
+                if step * batch_size >= num_examples:
+                    return
+                rows = len(next(iter(batch.values())))
+                batch[MASK_KEY] = evaluation_mask(step, rows * jax.process_count(), num_examples,
+                                                  jax.process_index(), jax.process_count())
+            yield batch
+
+    def real(self, tree: Tree, batch: Mapping[str, np.ndarray] | None = None) -> Tree:
+        """The real rows of `tree` (a host batch, or any pytree of host arrays with one row per
+        row of `batch`): `batch`'s mask (default: `tree`'s own) selects along axis 0."""
+        mask = np.asarray((tree if batch is None else batch)[MASK_KEY], bool)
+        return jax.tree.map(lambda leaf: np.asarray(leaf)[mask], tree)
+
+    def gather(self, tree: Tree, batch: Mapping[str, np.ndarray]) -> Tree:
+        """The real rows of every process's `tree` (one row per row of its `batch`), concatenated
+        in process order, i.e. in split order; the same on every process. A collective: every
+        process calls it with arrays of the same shape (float32, integer or bool leaves)."""
+        if jax.process_count() == 1:
+            return self.real(tree, batch)
+        from jax.experimental import multihost_utils
+
+        mask = multihost_utils.process_allgather(
+            np.asarray(batch[MASK_KEY], np.uint8), tiled=True).astype(bool)
+        return jax.tree.map(
+            lambda leaf: np.asarray(multihost_utils.process_allgather(np.asarray(leaf),
+                                                                      tiled=True))[mask], tree)
+
+    def count(self, batch: Mapping[str, np.ndarray]) -> int:
+        """Real examples in the global batch whose slice `batch` is (a collective)."""
+        return every_process_sum(int(np.sum(batch[MASK_KEY])))
 
     def batch_rng(self, index: int) -> jax.Array:
         """The key of evaluation batch `index` (the same for every process)."""
@@ -89,6 +136,21 @@ def run_sharded(fn: Callable[..., Any], replicated: Sequence[Any], batch: Any, *
     return jax.tree.map(lambda leaf: np.asarray(leaf)[start:start + count], out)
 
 
+def every_process_sum(value: int) -> int:
+    """The sum of `value` over all processes (a collective; `value` itself with one process)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.int32(value))))
+
+
+def every_process(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a collective), e.g. a cache file found by all, so
+    all of them take the same branch and no collective is left waiting."""
+    return every_process_sum(int(bool(flag))) == jax.process_count()
+
+
 @runtime_checkable
 class Evaluator(Protocol):
     """Computes final metrics of a state (FID, PQ, codebook usage, ...)."""
@@ -96,8 +158,30 @@ class Evaluator(Protocol):
     name: str
 
     def run(self, state: Any, context: EvalContext) -> Iterator[tuple[str, float]]:
-        """Yields `(metric name, value)` pairs."""
+        """Yields `(metric name, value)` pairs, among them `num_examples`: how many examples
+        (over all processes) it scored."""
         ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedEvaluator:
+    """An evaluator the config asks for that cannot run here (FID without the Inception
+    weights): it yields nothing, and `skipped_metrics` reports its metrics with the reason, so
+    a run's results say what is missing and why instead of simply lacking it."""
+
+    name: str
+    metrics: tuple[str, ...]
+    reason: str
+
+    def run(self, state: Any, context: EvalContext) -> Iterator[tuple[str, float]]:
+        del state, context
+        return iter(())
+
+
+def skipped_metrics(evaluators: Sequence[Evaluator]) -> dict[str, str]:
+    """`{"<evaluator name>/<metric>": reason}` of the skipped evaluators among `evaluators`."""
+    return {f"{e.name}/{metric}": e.reason for e in evaluators
+            if isinstance(e, SkippedEvaluator) for metric in e.metrics}
 
 
 def run_evaluators(evaluators: Sequence[Evaluator], state: Any, context: EvalContext
@@ -113,23 +197,35 @@ def run_evaluators(evaluators: Sequence[Evaluator], state: Any, context: EvalCon
 def average_eval_steps(evaluate: Callable[..., Mapping[str, Any]], state: Any,
                        context: EvalContext, batch_size: int, num_batches: int
                        ) -> tuple[dict[str, float], Mapping[str, jax.Array] | None]:
-    """The task's jitted eval step averaged over `num_batches` validation batches; also the first
-    batch (on the mesh) for pictures."""
+    """The task's jitted eval step averaged over the first `num_batches` validation batches;
+    also the first batch (on the mesh) for pictures.
+
+    Eval-step metrics are batch statistics (means, perplexities), which padding would bias and
+    no mask can undo, so every batch must be full: a split with fewer than
+    `num_batches * batch_size` examples is an error naming both numbers."""
     totals: dict[str, float] = {}
     first = None
     if num_batches == 0:
         return totals, first
     batches = context.batches(batch_size, batch_size * num_batches)
+    seen = 0
     for index, host_batch in enumerate(batches):
-        if len(next(iter(host_batch.values()))) * jax.process_count() < batch_size:
-            raise RuntimeError(f"the 'validation' data has fewer than eval_steps={num_batches} "
-                               f"batches of {batch_size}")
+        seen += context.count(host_batch)
+        if seen < (index + 1) * batch_size:
+            raise RuntimeError(f"eval_steps={num_batches} batches of {batch_size} need "
+                               f"{num_batches * batch_size} examples, but the 'validation' data "
+                               f"has {seen}")
+        host_batch = {k: v for k, v in host_batch.items() if k != MASK_KEY}
         batch = sharding_lib.shard_batch(host_batch, context.mesh)
         first = batch if first is None else first
         metrics = sharding_lib.to_host(evaluate(state, batch, context.batch_rng(index)))
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value)
-    return {name: value / max(num_batches, 1) for name, value in totals.items()}, first
+    if seen < num_batches * batch_size:
+        raise RuntimeError(f"eval_steps={num_batches} batches of {batch_size} need "
+                           f"{num_batches * batch_size} examples, but the 'validation' data has "
+                           f"{seen}")
+    return {name: value / num_batches for name, value in totals.items()}, first
 
 
 def context_for(config: ml_collections.ConfigDict, step: int = 0, *,

@@ -18,6 +18,7 @@ import ml_collections
 
 from fsq_jax import run_dir
 from fsq_jax.config_lib import ConfigError
+from fsq_jax.train.checkpoint import restore_latest
 
 
 def read_frozen_config(workdir: str, field: str) -> ml_collections.ConfigDict:
@@ -50,7 +51,7 @@ class FrozenStage:
         """The newest good checkpoint as host numpy: `step`, `params`, `ema_params`,
         `model_state` (the EMA params are what evaluation of that run used)."""
         try:
-            _, restored = run_dir.restore_latest(self.workdir)
+            _, restored = restore_latest(self.workdir)
         except FileNotFoundError as error:
             raise ConfigError(f"{self.field} = {self.workdir!r}: {error}") from None
         return restored

@@ -24,15 +24,16 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import periodic_actions
 
 from fsq_jax import run_dir
-from fsq_jax.train import actions
+from fsq_jax.data import folder
+from fsq_jax.train import actions, resume
 from fsq_jax.train import evaluation as evaluation_lib
 from fsq_jax.train import sharding as sharding_lib
-from fsq_jax.train.checkpoint import Checkpointer, state_to_tree, tree_to_state
+from fsq_jax.train.checkpoint import Checkpointer, restore_latest, state_to_tree, tree_to_state
 from fsq_jax.train.frozen import load_frozen
 from fsq_jax.train.state import TrainState
+from fsq_jax.train.stopping import StopRequestedError
 from fsq_jax.train.validate import resolve_task, validate
 from fsq_jax.train.workdir import WorkdirLock
 
@@ -49,6 +50,19 @@ class NonFiniteError(FloatingPointError):
             f"non-finite value (NaN/Inf) at step {step} in {', '.join(names)}; stopped without "
             "applying the update, the last good checkpoint is kept (set nan_policy='skip' to "
             "skip such updates instead)")
+
+
+class DivergedError(NonFiniteError):
+    """With `nan_policy="skip"`, more than `max_consecutive_skips` updates in a row were
+    non-finite: the run is diverging, and skipping more would only burn compute."""
+
+    def __init__(self, step: int, names: list[str], consecutive: int, limit: int):
+        FloatingPointError.__init__(
+            self, f"{consecutive} updates in a row skipped as non-finite (steps "
+            f"{step - consecutive + 1}-{step}, the last in {', '.join(names)}), more than "
+            f"max_consecutive_skips = {limit}: the run diverged; the last good checkpoint is "
+            "kept (lower the learning rate, or raise max_consecutive_skips)")
+        self.step, self.names = step, list(names)
 
 
 def build_task(config: ml_collections.ConfigDict, task_cls: type | None = None) -> Any:
@@ -222,13 +236,27 @@ class _RunContext:
     stop: _StopSignal
 
     def eval_context(self, step: int) -> evaluation_lib.EvalContext:
+        data_fn = self.data_fn if self.stop is None else _stoppable(self.data_fn, self.stop)
         return evaluation_lib.EvalContext(self.mesh, jax.random.fold_in(self.rngs[1], step),
-                                          step, self.data_fn, self.config.data)
+                                          step, data_fn, self.config.data)
+
+
+def _stoppable(data_fn: DataFn, stop: _StopSignal) -> DataFn:
+    """`data_fn` whose streams raise StopRequestedError between batches once a stop is requested:
+    an evaluation (FID over 50k images) ends within a batch of a SIGTERM, not when done."""
+
+    def batches(*args: Any, **kwargs: Any) -> Iterator[Mapping[str, Any]]:
+        for batch in data_fn(*args, **kwargs):
+            if stop.requested():
+                raise StopRequestedError("stop requested during evaluation")
+            yield batch
+
+    return batches
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Any = None, *,
-                       data_fn: DataFn | None = None, mesh: jax.sharding.Mesh | None = None
-                       ) -> dict[str, Any]:
+                       data_fn: DataFn | None = None, mesh: jax.sharding.Mesh | None = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
     """Validates `config`, builds its task and trains it for `config.total_steps`, resuming
     from the newest good checkpoint in `workdir` when there is one.
 
@@ -239,81 +267,113 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: An
       task: an already built task (default: built from `config.task` after validation).
       data_fn: replaces the task's data function (`fsq_jax.data.build`'s signature).
       mesh: device mesh with a `data` axis (default: every device).
+      allow_config_change: resume the run in `workdir` even though its config.json differs
+        from `config` in fields outside `resume.RESUMABLE_FIELDS`.
 
     Returns:
-      `{"step", "train", "eval", "evaluators", "skipped_updates", "preempted"}`; also written
-      to `workdir/results.json` when training reaches `total_steps`.
+      `{"step", "train", "eval", "evaluators", "skipped_updates", "skipped_images",
+      "preempted"}`; also written to `workdir/results.json` when training reaches
+      `total_steps`. A finished run (results.json at `total_steps` or later, same config up to
+      the resumable fields) is not touched: its stored results are returned.
 
     Raises:
-      ConfigError: a bad config field (before anything is built or compiled).
-      NonFiniteError: NaN/Inf with `nan_policy="stop"`.
+      ConfigError: a bad config field (before anything is built or compiled), or a config
+        that changes the experiment of the run in `workdir` (`resume.ConfigChangedError`).
+      NonFiniteError: NaN/Inf with `nan_policy="stop"`; `DivergedError` with "skip", after
+        more than `max_consecutive_skips` skipped updates in a row.
       CheckpointError: checkpoints exist but none is readable, or they hold another config's
         state.
       WorkdirLockedError: another run holds `workdir`.
       CheckpointSaveError: a save failed (disk full, permission denied), in one line.
 
-    SIGTERM/SIGINT end the run early: the current step finishes, a checkpoint is written and
-    the result has `preempted=True` (rerun the same command to resume).
+    SIGTERM/SIGINT end the run early: the current step (or evaluation batch, or token-cache
+    batch) finishes, a checkpoint is written and the result has `preempted=True` (rerun the
+    same command to resume). A start that fails before the run is accepted leaves no
+    `checkpoints/`, no `config.json` and no workdir it created.
     """
     mesh = sharding_lib.create_mesh() if mesh is None else mesh
     validate(config, None if task is None else type(task), num_devices=mesh.devices.size)
+    changes = resume.check_config(config, workdir, allow_config_change)
+    finished = resume.finished_results(config, workdir)
+    if finished is not None:  # a rerun of a finished run: keep it as it is
+        if jax.process_index() == 0:
+            print(resume.finished_line(config, workdir, finished), flush=True)
+        return finished
+    if changes:
+        logging.warning("resuming %s with config changes: %s", workdir,
+                        ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     task = build_task(config) if task is None else task
     data_fn = _data_fn(task, data_fn)
-    os.makedirs(workdir, exist_ok=True)
-    init_rng, *rngs = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-    # One run per workdir: a second is refused in one line naming the holder of the lock.
-    checkpointer = Checkpointer(os.path.join(workdir, run_dir.CHECKPOINT_DIR),
-                                config.keep_checkpoints, config.async_checkpoints,
-                                lock=WorkdirLock(workdir))
-    stop = _StopSignal().__enter__()  # from here on a signal ends the run with a checkpoint
-    try:
-        state, start_step, skipped, shardings = _initial_state(config, task, data_fn, mesh,
-                                                               checkpointer, init_rng)
-        if jax.process_index() == 0:  # only once the run is accepted: its checkpoints fit it
-            run_dir.write_json(os.path.join(workdir, run_dir.CONFIG_FILE),
-                               run_dir.config_json(config))
-        from fsq_jax.train import writers as writers_lib  # imports TensorFlow: only when training
-
-        writer = writers_lib.create_writer(workdir, start_step or None, jax.process_index() == 0)
+    with resume.FirstStart(workdir) as start:
+        resume.make_workdir(workdir)
+        init_rng, *rngs = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+        # One run per workdir: a second is refused in one line naming the holder of the lock.
+        checkpointer = Checkpointer(os.path.join(workdir, run_dir.CHECKPOINT_DIR),
+                                    config.keep_checkpoints, config.async_checkpoints,
+                                    lock=WorkdirLock(workdir))
+        stop = _StopSignal().__enter__()  # from here on a signal ends the run with a checkpoint
         try:
-            run = _RunContext(config, workdir, task, data_fn, mesh,
-                              CompiledSteps(task, shardings, mesh), checkpointer, writer,
-                              tuple(rngs), stop)
-            return _train(run, state, start_step, skipped)
+            try:
+                state, start_step, extra, shardings = _initial_state(config, task, data_fn, mesh,
+                                                                     checkpointer, init_rng)
+            except StopRequestedError as stopped:  # e.g. while building stage II's token cache
+                logging.warning("%s", stopped)
+                return {"step": 0, "train": {}, "eval": {}, "evaluators": {},
+                        "skipped_updates": 0, "preempted": True}
+            start.accept()
+            if jax.process_index() == 0:  # only once the run is accepted: its checkpoints fit it
+                run_dir.write_json(os.path.join(workdir, run_dir.CONFIG_FILE),
+                                   run_dir.config_json(config))
+            from fsq_jax.train import writers as writers_lib  # imports TensorFlow: when training
+
+            writer = writers_lib.create_writer(workdir, start_step or None,
+                                               jax.process_index() == 0)
+            try:
+                run = _RunContext(config, workdir, task, data_fn, mesh,
+                                  CompiledSteps(task, shardings, mesh), checkpointer, writer,
+                                  tuple(rngs), stop)
+                return _train(run, state, start_step, extra)
+            finally:
+                writer.flush()
+                writer.close()
         finally:
-            writer.flush()
-            writer.close()
-    finally:
-        checkpointer.close()
-        stop.__exit__()
+            checkpointer.close()
+            stop.__exit__()
 
 
 def _initial_state(config: ml_collections.ConfigDict, task: Any, data_fn: DataFn,
                    mesh: jax.sharding.Mesh, checkpointer: Checkpointer, init_rng: jax.Array
-                   ) -> tuple[Any, int, int, Any]:
-    """(state, start step, skipped updates so far, state shardings): the newest good checkpoint
-    when there is one, else a freshly initialised state."""
+                   ) -> tuple[Any, int, dict[str, int], Any]:
+    """(state, start step, the loop's counters so far, state shardings): the newest good
+    checkpoint when there is one, else a freshly initialised state."""
     init_batch = next(_train_stream(data_fn, config, mesh, 0))
     abstract, shardings = abstract_state(task, init_rng, init_batch, mesh, config.fsdp)
     restored = checkpointer.restore_latest(target=abstract)
     if restored is not None:
         start_step, state = restored
         logging.info("resumed from the checkpoint at step %d", start_step)
-        return state, start_step, int(checkpointer.restored_extra.get("skipped_updates", 0)), \
-            shardings
+        extra = {key: int(checkpointer.restored_extra.get(key, 0)) for key in _COUNTERS}
+        return state, start_step, extra, shardings
     # Initialise as a plain dict and reuse the optimisers of `abstract`, so every later state
     # carries the very same (static) optimiser objects.
     tree = jax.jit(lambda rng, batch: state_to_tree(task.init_state(rng, batch)),
                    out_shardings=state_to_tree(shardings))(init_rng, init_batch)
-    return tree_to_state(tree, abstract), 0, 0, shardings
+    return tree_to_state(tree, abstract), 0, dict.fromkeys(_COUNTERS, 0), shardings
+
+
+# The loop's counters, saved with each checkpoint (its integrity record) and restored with it.
+_COUNTERS = ("skipped_updates", "consecutive_skips")
 
 
 class _MetricWindow:
     """Training metrics read back one step behind the device, with the NaN policy applied."""
 
-    def __init__(self, flag_names: Callable[[], list[str]], nan_policy: str, skipped: int):
+    def __init__(self, flag_names: Callable[[], list[str]], nan_policy: str,
+                 counters: Mapping[str, int], max_consecutive_skips: int):
         self._flag_names, self._policy = flag_names, nan_policy
-        self.skipped = skipped
+        self.skipped = counters["skipped_updates"]
+        self.consecutive = counters["consecutive_skips"]  # skipped updates in a row
+        self._max_consecutive = max_consecutive_skips
         self._pending: list[tuple[int, Any, Any]] = []
         self._window: list[dict[str, float]] = []
 
@@ -322,7 +382,8 @@ class _MetricWindow:
         self._pending.append((step, metrics, flags))
 
     def drain(self) -> None:
-        """Reads back the finished steps; raises NonFiniteError or counts a skipped update."""
+        """Reads back the finished steps; raises NonFiniteError or counts a skipped update
+        (DivergedError after more than `max_consecutive_skips` in a row)."""
         while self._pending:
             step, metrics, flags = self._pending.pop(0)
             flags = sharding_lib.to_host(flags)
@@ -331,9 +392,13 @@ class _MetricWindow:
                 if self._policy == "stop":
                     raise NonFiniteError(step, names)
                 self.skipped += 1
+                self.consecutive += 1
                 logging.warning("step %d: non-finite %s, update skipped (%d so far)", step,
                                 ", ".join(names), self.skipped)
+                if self.consecutive > self._max_consecutive:
+                    raise DivergedError(step, names, self.consecutive, self._max_consecutive)
                 continue
+            self.consecutive = 0
             self._window.append({k: float(v) for k, v in sharding_lib.to_host(metrics).items()})
 
     def means(self) -> dict[str, float]:
@@ -344,16 +409,22 @@ class _MetricWindow:
         self._window.clear()
         return out
 
+    def counters(self) -> dict[str, int]:
+        """What a checkpoint stores so a resumed run counts on (see `_COUNTERS`)."""
+        return {"skipped_updates": self.skipped, "consecutive_skips": self.consecutive}
 
-def _train(run: _RunContext, state: Any, start_step: int, skipped: int) -> dict[str, Any]:
+
+def _train(run: _RunContext, state: Any, start_step: int, counters: Mapping[str, int]
+           ) -> dict[str, Any]:
     """The step loop from `start_step` to `total_steps`, its periodic work as clu actions."""
     config, total = run.config, run.config.total_steps
     logging.info("training %s: %d parameters on %d devices (%d processes), steps %d -> %d",
                  config.task, sum(x.size for x in jax.tree.leaves(state.params)),
                  jax.device_count(), jax.process_count(), start_step, total)
-    window = _MetricWindow(lambda: run.compiled.flag_names, config.nan_policy, skipped)
+    window = _MetricWindow(lambda: run.compiled.flag_names, config.nan_policy, counters,
+                           config.max_consecutive_skips)
     results: dict[str, Any] = {"step": start_step, "train": {}, "eval": {}, "evaluators": {},
-                               "skipped_updates": skipped, "preempted": False}
+                               "skipped_updates": window.skipped, "preempted": False}
     holder = {"state": state}
     progress, periodic = _actions(run, holder, window, results)
     progress(start_step)  # clu's progress report starts its clock on its first call
@@ -375,17 +446,26 @@ def _train(run: _RunContext, state: Any, start_step: int, skipped: int) -> dict[
                 window.drain()
                 logging.info("first step (including compilation) took %s",
                              actions.format_duration(time.monotonic() - started))
-        if run.stop.requested():
-            progress(step)
+        stopped = run.stop.requested()
+        try:
+            for action in (progress,) if stopped else (progress, *periodic):
+                action(step)
+        except StopRequestedError:  # a signal during evaluation or pictures (see `_stoppable`)
+            stopped = True
+        if stopped:
             _save(run, holder["state"], step, window, progress, final=True)
             logging.warning("stopped at step %d on request; checkpoint saved", step)
             return {**results, "step": step, "skipped_updates": window.skipped,
                     "preempted": True}
-        for action in (progress, *periodic):
-            action(step)
     window.drain()
     run.checkpointer.wait()
-    results.update(step=step, skipped_updates=window.skipped)
+    if start_step >= total:  # restored at the end (stopped in, or killed after, the last
+        try:                 # evaluation): evaluate, so results.json is never empty
+            results.update(evaluate_state(run, holder["state"], step))
+        except StopRequestedError:
+            return {**results, "preempted": True}
+    results.update(step=step, skipped_updates=window.skipped,
+                   skipped_images=folder.skip_report(config.data.source))
     if jax.process_index() == 0:
         run_dir.write_json(os.path.join(run.workdir, run_dir.RESULTS_FILE), results)
     return results
@@ -427,6 +507,8 @@ def _actions(run: _RunContext, holder: dict[str, Any], window: _MetricWindow,
     def save(step: int) -> None:
         _save(run, holder["state"], step, window, progress, final=False)
 
+    from clu import periodic_actions  # imports TensorFlow: only once a run trains
+
     periodic = [periodic_actions.PeriodicCallback(callback_fn=timed(name, fn),
                                                   **actions.every(period, total))
                 for name, fn, period in (("eval", evaluate, config.eval_every),
@@ -439,18 +521,21 @@ def _save(run: _RunContext, state: Any, step: int, window: _MetricWindow,
           progress: actions.ReportProgress, final: bool) -> None:
     window.drain()
     with progress.timed("checkpoint", wait_jax_async_dispatch=False):
-        run.checkpointer.save(step, state, extra={"skipped_updates": window.skipped})
+        run.checkpointer.save(step, state, extra=window.counters())
         if final:
             run.checkpointer.wait()
 
 
-def evaluate_state(run: _RunContext, state: Any, step: int) -> dict[str, dict[str, float]]:
+def evaluate_state(run: _RunContext, state: Any, step: int) -> dict[str, dict[str, Any]]:
     """`{"eval": mean eval-step metrics, "evaluators": every evaluator's metrics}` of `state`."""
     context = run.eval_context(step)
+    evaluators = run.task.evaluators()
     eval_metrics, _ = evaluation_lib.average_eval_steps(
         run.compiled.evaluate, state, context, run.config.eval_batch_size, run.config.eval_steps)
     values = {"eval": {f"eval/{k}": v for k, v in eval_metrics.items()},
-              "evaluators": evaluation_lib.run_evaluators(run.task.evaluators(), state, context)}
+              "evaluators": evaluation_lib.run_evaluators(evaluators, state, context)}
+    if skipped := evaluation_lib.skipped_metrics(evaluators):
+        values["skipped"] = skipped  # results.json says which metrics were not computed, and why
     shown = {**values["eval"], **values["evaluators"]}
     if shown:
         logging.info("step %d eval: %s", step, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
@@ -491,7 +576,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, task: Any = None, 
     init_rng, _, eval_rng, image_rng = jax.random.split(jax.random.PRNGKey(config.seed), 4)
     batch = next(_train_stream(data_fn, config, mesh, 0))
     abstract, shardings = abstract_state(task, init_rng, batch, mesh, config.fsdp)
-    _, state = run_dir.restore_latest(workdir, target=abstract)
+    _, state = restore_latest(workdir, target=abstract)
     step = int(state.step)
     run = _RunContext(config, workdir, task, data_fn, mesh, CompiledSteps(task, shardings, mesh),
                       None, None, (init_rng, eval_rng, image_rng), None)

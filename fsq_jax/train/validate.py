@@ -3,8 +3,9 @@
 The task class named by `config.task` declares its config's schema (`config_schema`, a dataclass
 extending `fsq_jax.config_lib.LoopConfig`); `validate` checks the whole config against it (unknown
 and missing fields, types, impossible values), then what needs the world around the run: the
-device count, each optimiser's warm-up against the run's length, and the frozen stage a stage-II
-task reads. Every problem is one `ConfigError` line naming the field.
+device count, each optimiser's warm-up against the run's length, an image folder's split
+subfolders, and the frozen stage a stage-II task reads. Every problem is one `ConfigError` line
+naming the field.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ def _check_world(typed: Any, num_devices: int) -> None:
                             opt.warmup_steps, typed.total_steps, typed.total_steps // 10)
 
 
+def _check_image_folder(data: Any) -> None:
+    """An image folder must have a validation split that is not its training images."""
+    kind, _, root = data.source.partition(":")
+    if kind != "folder":
+        return
+    from fsq_jax.data import folder
+
+    try:
+        folder.check_layout(root, data.folder_holdout)
+    except folder.FolderLayoutError as error:
+        raise ConfigError(f"config.data.source = {data.source!r}: {error}") from None
+
+
 def validate(config: ml_collections.ConfigDict, task_cls: type | None = None,
              num_devices: int = 1) -> Any:
     """Checks `config` for the loop and its task; returns the typed (dataclass) config.
@@ -86,6 +100,7 @@ def validate(config: ml_collections.ConfigDict, task_cls: type | None = None,
     task_cls = resolve_task(config) if task_cls is None else task_cls
     typed = check(config, schema_of(task_cls), "config")
     _check_world(typed, num_devices)
+    _check_image_folder(typed.data)
     field = getattr(task_cls, "frozen_stage_field", None)
     if field:
         from fsq_jax.train.frozen import read_frozen_config

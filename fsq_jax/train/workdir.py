@@ -100,6 +100,8 @@ def _our_frame(error: BaseException) -> str | None:
     )
     found = None
     for frame, line in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_filename.startswith("<"):  # "<frozen os>": the standard library
+            continue
         path = os.path.realpath(frame.f_code.co_filename)
         if not path.startswith(library):
             found = f"{frame.f_code.co_name} ({os.path.basename(path)}:{line})"

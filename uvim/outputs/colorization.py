@@ -1,7 +1,8 @@
 """Colorization as a UViM task: grayscale image in, RGB out; L2 loss, FID (and PSNR) to evaluate.
 
 As in UViM the context is the grayscale image (replicated to 3 channels) and the target the colour
-image in [-1, 1]; the decoder regresses the three channels per pixel.
+image in [-1, 1]; the decoder regresses the three channels per pixel. UViM's metric is ColTran's
+FID-5k (`uvim.coltran_fid`, its own evaluator); the streaming metric here is PSNR.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from uvim.outputs.base import Batch, DenseOutput, Metric
 NAME = "colorization"
 
 
+FidProtocol = Literal["none", "coltran", "ground_truth"]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ColorizationConfig:
-    """`output.*` of colorization: whether the evaluator computes FID (needs the InceptionV3
-    weights: `make inception`)."""
+    """`output.*` of colorization. `fid` (needs the InceptionV3 weights: `make inception`):
+    "coltran" = UViM's FID-5k (ColTran's file lists of tfds:imagenet2012 validation, scored at
+    256; `uvim.coltran_fid`), "ground_truth" = FID of the evaluated predictions against their
+    own colour images (any source; not a paper number), "none" = PSNR only."""
 
     name: Literal["colorization"]
-    fid: bool
+    fid: FidProtocol
 
 
 def psnr(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -38,7 +44,8 @@ def psnr(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 class ColorizationMetric(Metric):
-    """PSNR over images and, when `fid`, FID of predicted against true colour images."""
+    """PSNR over images and, when `fid`, FID of predicted against their own true colour images
+    (the "ground_truth" protocol; UViM's FID-5k is `uvim.coltran_fid`)."""
 
     def __init__(self, fid: bool):
         self.fid = fid
@@ -105,4 +112,4 @@ class ColorizationOutput(DenseOutput):
         return np.asarray(image_lib.to_uint8(output["image"]))
 
     def new_metric(self) -> ColorizationMetric:
-        return ColorizationMetric(bool(self.config.fid))
+        return ColorizationMetric(self.config.fid == "ground_truth")

@@ -1,7 +1,9 @@
 """Monocular depth as a UViM task: depth discretised into bins, softmax loss, RMSE in metres.
 
 Following UViM, depth in [min_depth, max_depth] is quantised to `bins` classes; the model
-reconstructs a distribution per pixel and the prediction is the centre of the argmax bin.
+reconstructs a distribution per pixel and the prediction is the centre of the argmax bin. The
+loss averages over every pixel and zeroes those of bin 0 (missing depth is 0); the metric is
+big_vision's NYU evaluator (per-image errors at native resolution, averaged over images).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import ml_collections
 import numpy as np
 
 from fsq_jax.config_lib import require
+from fsq_jax.data.preprocess import NATIVE_PREFIX, NATIVE_SHAPE_KEY
 from fsq_jax.eval import depth as depth_metrics
 from uvim.outputs.base import Batch, DenseOutput, Metric, fused_softmax_cross_entropy, masked_mean
 
 NAME = "depth"
+NATIVE_DEPTH = NATIVE_PREFIX + "depth"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,22 +61,32 @@ def valid_depth(depth: jax.Array, min_depth: float, max_depth: float) -> jax.Arr
 
 
 class DepthMetric(Metric):
-    """Mean over images of per-image RMSE (UViM's NYU evaluator), abs_rel, log10 and deltas."""
+    """Mean over images of per-image RMSE (UViM's NYU evaluator), abs_rel, log10 and deltas.
+
+    Over the pixels whose ground truth lies in (min_depth, max_depth). When the batch carries
+    the native-resolution ground truth (`native_depth`, `native_shape`: `data.eval_native_shape`)
+    each prediction is resized (nearest) to it and scored there, as big_vision's
+    evaluators/proj/uvim/nyu_depth.py; otherwise at the model's resolution.
+    """
 
     def __init__(self, min_depth: float, max_depth: float):
         self.metrics = depth_metrics.DepthMetrics(max(min_depth, 1e-6), max_depth)
 
     def update(self, prediction: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]
                ) -> None:
-        self.metrics.update(np.asarray(prediction["depth"], np.float32),
-                            np.asarray(batch["depth"], np.float32))
+        predicted = np.asarray(prediction["depth"], np.float32)
+        if NATIVE_DEPTH in batch:
+            self.metrics.update_native(predicted, np.asarray(batch[NATIVE_DEPTH], np.float32),
+                                       np.asarray(batch[NATIVE_SHAPE_KEY]))
+        else:
+            self.metrics.update(predicted, np.asarray(batch["depth"], np.float32))
 
     def result(self) -> dict[str, float]:
         return self.metrics.result()
 
 
 class DepthOutput(DenseOutput):
-    """Depth: target = one-hot depth bin per pixel; loss = softmax cross-entropy on valid pixels."""
+    """Depth: target = one-hot depth bin per pixel; loss = softmax cross-entropy, bin 0 masked."""
 
     name = NAME
 
@@ -93,10 +107,13 @@ class DepthOutput(DenseOutput):
 
     def loss(self, logits: Mapping[str, jax.Array], batch: Batch
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        depth = batch["depth"]
+        bins = self._bins(batch["depth"])
         # Fused: keeps no float32 softmax of the 256-bin logits for the backward pass.
-        per_pixel = fused_softmax_cross_entropy(logits["depth"], self._bins(depth))
-        loss = masked_mean(per_pixel, valid_depth(depth, self.min_depth, self.max_depth))
+        per_pixel = fused_softmax_cross_entropy(logits["depth"], bins)
+        # big_vision trainers/proj/uvim/depth_task.py loss_fn: the cross-entropy of every pixel
+        # with bin 0 (missing depth, 0 m, lands there) zeroed, then the mean over all pixels
+        # (vqvae.py: jnp.mean); depths beyond max_depth train the last bin.
+        loss = jnp.mean(jnp.where(bins != 0, per_pixel, 0.0))
         return loss, {"loss_depth": loss}
 
     def predict(self, logits: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

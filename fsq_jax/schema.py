@@ -1,5 +1,8 @@
 """Config schemas: typed dataclasses that say which fields a config section has, and one checker.
 
+The lowest layer of the config system: model code declares its sections' schemas with it, and
+`fsq_jax.config_lib` (the helpers config files import) re-exports it.
+
 A schema is a frozen dataclass whose annotations give each field's type (bool, int, float, str,
 `Literal[...]`, `tuple[int, ...]`, a nested schema, a union of schemas told apart by their
 `name: Literal[...]` field, `dict[str, Schema]`); its `__post_init__` rejects impossible values
