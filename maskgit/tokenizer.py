@@ -53,6 +53,10 @@ class TokenizerModelConfig:
     # interface stays [-1, 1] either way.
     image_range: Literal["symmetric", "unit"]
     dtype: DTypeName  # compute dtype; params stay float32
+    # What training keeps for the backward pass: "none" every activation; "dots" only the
+    # outputs of convolutions and dense layers (GroupNorm, swish, the quantizer recomputed from
+    # them, fused into the backward convolutions). benchmarks/memory.py measures it.
+    remat: Literal["none", "dots"]
 
     def __post_init__(self):
         require(self.filters >= 1, "filters", "must be >= 1")
@@ -230,8 +234,22 @@ class Tokenizer(nn.Module):
 
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
         """images: [batch, H, W, 3] in [-1, 1] -> (reconstruction, QuantizerOutput)."""
-        out = self.encode(images, train=train)
-        return self.decode(out.quantized), out
+        if self.config.get("remat", "none") == "dots":  # absent from runs saved before it
+            return nn.checkpoint(_autoencode, policy=save_convs_and_dots,
+                                 static_argnums=(2,))(self, images, train)
+        return _autoencode(self, images, train)
+
+
+def save_convs_and_dots(primitive: Any, *args: Any, **params: Any) -> bool:
+    """A `jax.checkpoint` policy: keep the outputs of convolutions and matmuls only."""
+    del args, params
+    return primitive in (jax.lax.conv_general_dilated_p, jax.lax.dot_general_p)
+
+
+def _autoencode(model: Tokenizer, images: jax.Array, train: bool
+                ) -> tuple[jax.Array, QuantizerOutput]:
+    out = model.encode(images, train=train)
+    return model.decode(out.quantized), out
 
 
 def build(config: ml_collections.ConfigDict) -> Tokenizer:

@@ -46,6 +46,10 @@ class TransformerModelConfig:
     # Dropout bits: "threefry" (jax's default) or "rbg" (XLA's RngBitGenerator: on GPUs several
     # times cheaper to draw; the dropout masks differ, their law does not).
     dropout_rng: Literal["threefry", "rbg"]
+    # What each layer keeps for the backward pass: "none" everything; "dots" the dense layers'
+    # outputs (attention weights, softmax, GELU, LayerNorms recomputed); "block" only the
+    # layer's input (one extra forward pass). benchmarks/memory.py measures them.
+    remat: Literal["none", "dots", "block"]
 
     def __post_init__(self):
         for field in ("num_layers", "hidden_size", "num_heads", "mlp_dim"):
@@ -72,6 +76,18 @@ def dropout_key(rng: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
         return rng
     bits = jax.random.bits(rng, (4,), jnp.uint32)  # an rbg key is 4 words
     return jax.random.wrap_key_data(bits, impl="rbg")
+
+
+REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "block": jax.checkpoint_policies.nothing_saveable}
+
+
+def layer_class(config: ml_collections.ConfigDict) -> type[nn.Module]:
+    """`EncoderLayer`, rematerialised as `model.remat` says (same parameter names)."""
+    remat = config.get("remat", "none")  # absent from runs saved before the field
+    if remat == "none":
+        return EncoderLayer
+    return nn.remat(EncoderLayer, policy=REMAT_POLICIES[remat], static_argnums=(2,))
 
 
 def mask_token_id(codebook_size: int) -> int:
@@ -202,8 +218,9 @@ class MaskedTransformer(nn.Module):
         x = embed(ids) + positions[None]
         x = nn.LayerNorm(epsilon=LAYERNORM_EPS, dtype=dtype, name="embedding_ln")(x)
         x = nn.Dropout(config.dropout_rate, deterministic=not train)(x).astype(dtype)
+        layer = layer_class(config)
         for i in range(config.num_layers):
-            x = EncoderLayer(config, name=f"layer_{i}")(x, train)
+            x = layer(config, name=f"layer_{i}")(x, train)
         x = x[:, 1:]  # drop the class position
         x = nn.Dense(config.hidden_size, dtype=dtype, kernel_init=init, name="head_dense")(x)
         x = nn.gelu(x)

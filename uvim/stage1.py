@@ -22,6 +22,7 @@ from uvim.vit import (
     Encoder,
     PatchEmbedding,
     PositionEmbedding,
+    Remat,
     check_vit,
     from_patches,
     resize_tokens,
@@ -44,6 +45,7 @@ class Stage1Config:
     code_len: int  # tokens; a square grid, bilinearly resized from the patch grid
     with_context: bool  # False: the "no image context" ablation
     code_dropout: Literal["none", "random"]  # UViM's random code dropout
+    remat: Remat  # what each ViT block keeps for the backward pass (uvim/vit.py)
 
     def __post_init__(self):
         check_vit(self)
@@ -74,6 +76,7 @@ class Stage1Model(nn.Module):
     code_len: int
     with_context: bool
     code_dropout: str
+    remat: str = "none"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -102,8 +105,10 @@ class Stage1Model(nn.Module):
         n = self.grid[0] * self.grid[1]
         self.posemb_encoder = PositionEmbedding(n, self.width)
         self.posemb_decoder = PositionEmbedding(n, self.width)
-        self.encoder = Encoder(self.enc_depth, self.num_heads, self.mlp_dim, self.dropout)
-        self.decoder = Encoder(self.dec_depth, self.num_heads, self.mlp_dim, self.dropout)
+        self.encoder = Encoder(self.enc_depth, self.num_heads, self.mlp_dim, self.dropout,
+                               remat=self.remat)
+        self.decoder = Encoder(self.dec_depth, self.num_heads, self.mlp_dim, self.dropout,
+                               remat=self.remat)
         self.to_code = nn.Dense(self.code_dim, name="to_code")
         self.from_code = nn.Dense(self.width, name="from_code")
 
@@ -171,6 +176,7 @@ def build(model: ml_collections.ConfigDict, quantizer: Any,
         mlp_dim=int(model.mlp_dim), num_heads=int(model.num_heads),
         dropout=float(model.dropout), code_len=int(model.code_len),
         with_context=bool(model.with_context), code_dropout=str(model.code_dropout),
+        remat=str(model.get("remat", "none")),  # absent from runs saved before the field
     )
 
 

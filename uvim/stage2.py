@@ -21,7 +21,9 @@ from uvim.vit import (
     Encoder,
     PatchEmbedding,
     PositionEmbedding,
+    Remat,
     check_vit,
+    remat_block,
 )
 
 
@@ -43,6 +45,7 @@ class Stage2Config:
     decoder_attention_bias: bool
     encoder_lr_multiplier: float  # the image encoder's learning rate x this
     encoder_init: str  # a ViT .npz the image encoder starts from ("" = random init)
+    remat: Remat  # what each encoder / decoder block keeps for the backward pass (uvim/vit.py)
 
     def __post_init__(self):
         check_vit(self)
@@ -100,6 +103,7 @@ class Stage2Model(nn.Module):
     dropout: float
     decode: bool = False
     decoder_attention_bias: bool = True
+    remat: str = "none"
 
     @property
     def vocab_size(self) -> int:
@@ -113,14 +117,18 @@ class Stage2Model(nn.Module):
         n = (self.input_size // self.patch_size) ** 2
         self.embed_patches = PatchEmbedding(self.width, self.patch_size)
         self.posemb_encoder = PositionEmbedding(n, self.width)
-        self.encoder = Encoder(self.enc_depth, self.num_heads, self.mlp_dim, self.dropout)
+        self.encoder = Encoder(self.enc_depth, self.num_heads, self.mlp_dim, self.dropout,
+                               remat=self.remat)
+        # The cached decoder (decode=True) only samples; nothing to rematerialise there.
+        block = remat_block(DecoderBlock, "none" if self.decode else self.remat,
+                            static_argnums=(4,))
         self.embed_tokens = nn.Embed(self.vocab_size, self.width,
                                      embedding_init=nn.initializers.normal(stddev=1.0))
         self.posemb_decoder = PositionEmbedding(self.seq_len, self.width)
         self.positions = DecoderPositions(self.decode)
         self.blocks = [
-            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.decode,
-                         self.decoder_attention_bias, name=f"decoder_block_{i}")
+            block(self.num_heads, self.mlp_dim, self.dropout, self.decode,
+                  self.decoder_attention_bias, name=f"decoder_block_{i}")
             for i in range(self.dec_depth)
         ]
         self.token_dropout = nn.Dropout(self.dropout)
@@ -145,7 +153,7 @@ class Stage2Model(nn.Module):
         mask = None if self.decode else nn.make_causal_mask(inputs)
         x = self.token_dropout(x, deterministic=not train)
         for block in self.blocks:
-            x = block(x, encoded, mask, deterministic=not train)
+            x = block(x, encoded, mask, not train)  # positional: static under remat
         return self.logits(self.decoder_norm(x))
 
     def __call__(self, image: jax.Array, tokens: jax.Array, *, train: bool = False) -> jax.Array:
@@ -162,6 +170,7 @@ def build(model: ml_collections.ConfigDict, codebook_size: int, seq_len: int) ->
         width=int(model.width), enc_depth=int(model.enc_depth), dec_depth=int(model.dec_depth),
         mlp_dim=int(model.mlp_dim), num_heads=int(model.num_heads), dropout=float(model.dropout),
         decoder_attention_bias=bool(model.decoder_attention_bias),
+        remat=str(model.get("remat", "none")),  # absent from runs saved before the field
     )
 
 

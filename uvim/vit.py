@@ -6,12 +6,29 @@ written once so both stages (and their parameter counts) stay consistent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 
 from fsq_jax.config_lib import require
+
+# What a block keeps for the backward pass (`model.remat`, `stage2.remat`): "none" keeps every
+# activation; "dots" keeps the outputs of its dense layers and recomputes the attention weights,
+# softmax, GELU and LayerNorms (no matmul is recomputed); "block" keeps only the block's input
+# and recomputes the whole block (one extra forward pass). benchmarks/memory.py measures them.
+Remat = Literal["none", "dots", "block"]
+REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "block": jax.checkpoint_policies.nothing_saveable}
+
+
+def remat_block(block: type[nn.Module], remat: str, static_argnums: tuple[int, ...]
+                ) -> type[nn.Module]:
+    """`block` rematerialised under the `remat` policy (itself for "none"); parameter names are
+    unchanged. `static_argnums` index `__call__`'s arguments with 1 for the first after self."""
+    if remat == "none":
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)
 
 
 def check_vit(config: Any) -> None:
@@ -125,11 +142,13 @@ class Encoder(nn.Module):
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    remat: str = "none"  # `Remat`
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        block = remat_block(EncoderBlock, self.remat, static_argnums=(2,))
         for i in range(self.depth):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"block_{i}")(
+            x = block(self.num_heads, self.mlp_dim, self.dropout, name=f"block_{i}")(
                 x, deterministic)
         return nn.LayerNorm(name="norm")(x)
 

@@ -87,7 +87,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # attention=cudnn,attention_dropout=0.0` compares them.
         "attention": "xla",
         # Dropout bits: "threefry" (jax's default) or "rbg" (XLA's RngBitGenerator).
-        "dropout_rng": "threefry"})
+        "dropout_rng": "threefry",
+        # What each layer keeps for the backward pass: none | dots | block
+        # (maskgit/transformer.py; benchmarks/memory.py measures them).
+        "remat": "none"})
     config.masking = ml_collections.ConfigDict({
         "schedule": "cosine",
         "min_ratio": 0.45,  # FSQ paper: at least 45% of the tokens masked in training

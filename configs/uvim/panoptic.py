@@ -109,7 +109,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict({
         "input_size": 512, "patch_size": 16, "width": 768, "enc_depth": 6, "dec_depth": 12,
         "mlp_dim": 3072, "num_heads": 12, "dropout": 0.0, "code_len": 256,
-        "with_context": not arg.nocontext, "code_dropout": "random"})
+        "with_context": not arg.nocontext, "code_dropout": "random",
+        # What each ViT block keeps for the backward pass: none | dots | block (uvim/vit.py;
+        # benchmarks/memory.py measures them).
+        "remat": "none"})
     # UViM's stage II (big_vision train_*_pretrained.py): the "large" VTT, 24 + 24 layers at
     # width 1024. Its encoder starts from ViT-L/16 on ImageNet-21k (model_init = {"encoder":
     # "howto-i21k-L/16"}) and trains at lr_mults 0.1. The file is the user's to supply
@@ -120,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "mlp_dim": 4096, "num_heads": 16, "dropout": 0.0, "temperature": 0.0,
         # big_vision's VTT decoder attention has no biases (models/proj/uvim/vtt.py).
         "decoder_attention_bias": not paper,
-        "encoder_lr_multiplier": 0.1, "encoder_init": ""})
+        "encoder_lr_multiplier": 0.1, "encoder_init": "", "remat": "none"})
     # FSQ paper Table 2: FSQ [7,5,5,5,5] = 4375 codes against UViM's 4096-code VQ (paper);
     # tiny: [8,5,5,5] / 1024 codes, so the tiny runs can fill the codebook in minutes. UViM's
     # VQ (big_vision models/proj/uvim/vit.py): codewords of dim 768, EMA dictionary learning

@@ -47,6 +47,10 @@ RESUMABLE_FIELDS = (
     "data.tfds_data_dir",  # the same dataset, moved
     "data.on_corrupt",  # "fail" would have stopped where "skip" goes on
     "data.max_pixels",
+    # What the backward pass keeps (benchmarks/memory.py): memory, not the model; runs saved
+    # before the field have none, which is "none".
+    "model.remat",
+    "stage2.remat",
 )
 # The resumable fields that change what a finished run's results measure.
 EVALUATION_FIELDS = ("eval_steps", "eval_batch_size", "evaluators")

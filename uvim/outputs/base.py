@@ -94,3 +94,47 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of `values` where `mask` is true (0 when nothing is)."""
     mask = mask.astype(jnp.float32)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+@jax.custom_vjp
+def fused_softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """`softmax_cross_entropy` with a hand-written gradient that keeps only the log-partition
+    [...] for the backward pass, not the float32 softmax [..., C] autodiff of `log_softmax`
+    keeps (nor the zeros [..., C] the transpose of its label gather scatters into).
+
+    For the per-pixel 256-bin depth logits that is two copies of the largest array of the step
+    fewer (benchmarks/memory.py, docs/performance.md). Values agree with `softmax_cross_entropy`
+    to float32 rounding; gradient w.r.t. logits: (softmax - one_hot) * g, in the logits' dtype.
+
+    Args:
+      logits: [..., C] float.
+      labels: [...] int, in [0, C).
+
+    Returns:
+      [...] float32.
+    """
+    return _fused_forward(logits, labels)[0]
+
+
+def _fused_forward(logits: jax.Array, labels: jax.Array
+                   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    # The same operations in the same order as `softmax_cross_entropy` (jax.nn.log_softmax),
+    # so the values are bit-identical: log(sum(exp(x - max))) - (x[label] - max).
+    x = logits.astype(jnp.float32)
+    labels = labels.astype(jnp.int32)
+    peak = jnp.max(x, axis=-1, keepdims=True)
+    log_sum = jnp.log(jnp.sum(jnp.exp(x - peak), axis=-1))
+    picked = jnp.take_along_axis(x - peak, labels[..., None], axis=-1)[..., 0]
+    return log_sum - picked, (logits, labels, log_sum + peak[..., 0])
+
+
+def _fused_backward(residuals: tuple[jax.Array, jax.Array, jax.Array], g: jax.Array
+                    ) -> tuple[jax.Array, None]:
+    logits, labels, log_z = residuals
+    classes = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    softmax = jnp.exp(logits.astype(jnp.float32) - log_z[..., None])
+    one_hot = (classes == labels[..., None]).astype(jnp.float32)
+    return ((softmax - one_hot) * g[..., None]).astype(logits.dtype), None
+
+
+fused_softmax_cross_entropy.defvjp(_fused_forward, _fused_backward)

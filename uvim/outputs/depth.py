@@ -21,7 +21,7 @@ import numpy as np
 from fsq_jax.config_lib import require
 from fsq_jax.data.preprocess import NATIVE_PREFIX, NATIVE_SHAPE_KEY
 from fsq_jax.eval import depth as depth_metrics
-from uvim.outputs.base import Batch, DenseOutput, Metric, masked_mean, softmax_cross_entropy
+from uvim.outputs.base import Batch, DenseOutput, Metric, fused_softmax_cross_entropy, masked_mean
 
 NAME = "depth"
 NATIVE_DEPTH = NATIVE_PREFIX + "depth"
@@ -108,7 +108,8 @@ class DepthOutput(DenseOutput):
     def loss(self, logits: Mapping[str, jax.Array], batch: Batch
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
         bins = self._bins(batch["depth"])
-        per_pixel = softmax_cross_entropy(logits["depth"], bins)
+        # Fused: keeps no float32 softmax of the 256-bin logits for the backward pass.
+        per_pixel = fused_softmax_cross_entropy(logits["depth"], bins)
         # big_vision trainers/proj/uvim/depth_task.py loss_fn: the cross-entropy of every pixel
         # with bin 0 (missing depth, 0 m, lands there) zeroed, then the mean over all pixels
         # (vqvae.py: jnp.mean); depths beyond max_depth train the last bin.
