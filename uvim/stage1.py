@@ -22,8 +22,7 @@ from uvim.vit import (
     Encoder,
     PatchEmbedding,
     PositionEmbedding,
-    Remat,
-    check_vit,
+    ViTConfig,
     from_patches,
     resize_tokens,
     to_patches,
@@ -31,24 +30,15 @@ from uvim.vit import (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Stage1Config:
+class Stage1Config(ViTConfig):
     """`model.*` of UViM stage I (the values are in configs/uvim/*.py)."""
 
-    input_size: int
-    patch_size: int
-    width: int
-    enc_depth: int
-    dec_depth: int
-    mlp_dim: int
-    num_heads: int
-    dropout: float
     code_len: int  # tokens; a square grid, bilinearly resized from the patch grid
     with_context: bool  # False: the "no image context" ablation
     code_dropout: Literal["none", "random"]  # UViM's random code dropout
-    remat: Remat  # what each ViT block keeps for the backward pass (uvim/vit.py)
 
     def __post_init__(self):
-        check_vit(self)
+        super().__post_init__()
         side = round(self.code_len**0.5)
         require(side * side == self.code_len, "code_len", "must be a square number")
 

@@ -21,34 +21,24 @@ from uvim.vit import (
     Encoder,
     PatchEmbedding,
     PositionEmbedding,
-    Remat,
-    check_vit,
+    ViTConfig,
     remat_block,
 )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Stage2Config:
+class Stage2Config(ViTConfig):
     """`stage2.*`: UViM's stage-II encoder-decoder (the values are in configs/uvim/*.py)."""
 
-    input_size: int
-    patch_size: int
-    width: int
-    enc_depth: int
-    dec_depth: int
-    mlp_dim: int
-    num_heads: int
-    dropout: float
     temperature: float  # 0 = greedy decoding at evaluation, else sampling temperature
     # Biases in the decoder's self- and cross-attention projections; big_vision's UViM VTT has
     # none (models/proj/uvim/vtt.py EncoderDecoderBlock: use_bias=False).
     decoder_attention_bias: bool
     encoder_lr_multiplier: float  # the image encoder's learning rate x this
     encoder_init: str  # a ViT .npz the image encoder starts from ("" = random init)
-    remat: Remat  # what each encoder / decoder block keeps for the backward pass (uvim/vit.py)
 
     def __post_init__(self):
-        check_vit(self)
+        super().__post_init__()
         require(self.temperature >= 0, "temperature", "must be >= 0")
         require(self.encoder_lr_multiplier > 0, "encoder_lr_multiplier", "must be > 0")
 

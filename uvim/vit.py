@@ -6,6 +6,7 @@ written once so both stages (and their parameter counts) stay consistent.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -29,6 +30,24 @@ def remat_block(block: type[nn.Module], remat: str, static_argnums: tuple[int, .
     if remat == "none":
         return block
     return nn.remat(block, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViTConfig:
+    """The ViT fields stage I (`model.*`) and stage II (`stage2.*`) share."""
+
+    input_size: int
+    patch_size: int
+    width: int
+    enc_depth: int
+    dec_depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float
+    remat: Remat  # what each block keeps for the backward pass (see `Remat`)
+
+    def __post_init__(self):
+        check_vit(self)
 
 
 def check_vit(config: Any) -> None:
