@@ -272,9 +272,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: An
 
     Returns:
       `{"step", "train", "eval", "evaluators", "skipped_updates", "skipped_images",
-      "preempted"}`; also written to `workdir/results.json` when training reaches
-      `total_steps`. A finished run (results.json at `total_steps` or later, same config up to
-      the resumable fields) is not touched: its stored results are returned.
+      "preempted", "seconds"}` (`seconds`: wall time of this process's share of the run, by
+      part: training, compilation, eval, images, checkpoint, total); also written to
+      `workdir/results.json` when training reaches `total_steps`. A finished run (results.json
+      at `total_steps` or later, same config up to the resumable fields) is not touched: its
+      stored results are returned.
 
     Raises:
       ConfigError: a bad config field (before anything is built or compiled), or a config
@@ -306,39 +308,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: An
     data_fn = _data_fn(task, data_fn)
     with resume.FirstStart(workdir) as start:
         resume.make_workdir(workdir)
-        init_rng, *rngs = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-        # One run per workdir: a second is refused in one line naming the holder of the lock.
-        checkpointer = Checkpointer(os.path.join(workdir, run_dir.CHECKPOINT_DIR),
-                                    config.keep_checkpoints, config.async_checkpoints,
-                                    lock=WorkdirLock(workdir))
-        stop = _StopSignal().__enter__()  # from here on a signal ends the run with a checkpoint
-        try:
-            try:
-                state, start_step, extra, shardings = _initial_state(config, task, data_fn, mesh,
-                                                                     checkpointer, init_rng)
-            except StopRequestedError as stopped:  # e.g. while building stage II's token cache
-                logging.warning("%s", stopped)
-                return {"step": 0, "train": {}, "eval": {}, "evaluators": {},
-                        "skipped_updates": 0, "preempted": True}
-            start.accept()
-            if jax.process_index() == 0:  # only once the run is accepted: its checkpoints fit it
-                run_dir.write_json(os.path.join(workdir, run_dir.CONFIG_FILE),
-                                   run_dir.config_json(config))
-            from fsq_jax.train import writers as writers_lib  # imports TensorFlow: when training
+        return _start(config, workdir, task, data_fn, mesh, start)
 
-            writer = writers_lib.create_writer(workdir, start_step or None,
-                                               jax.process_index() == 0)
-            try:
-                run = _RunContext(config, workdir, task, data_fn, mesh,
-                                  CompiledSteps(task, shardings, mesh), checkpointer, writer,
-                                  tuple(rngs), stop)
-                return _train(run, state, start_step, extra)
-            finally:
-                writer.flush()
-                writer.close()
+
+def _start(config: ml_collections.ConfigDict, workdir: str, task: Any, data_fn: DataFn,
+           mesh: jax.sharding.Mesh, start: Any) -> dict[str, Any]:
+    """Takes the workdir (lock, checkpoints), builds or restores the state, accepts the run
+    (config.json) and trains; `start` is the `resume.FirstStart` that undoes a failed start."""
+    init_rng, *rngs = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+    # One run per workdir: a second is refused in one line naming the holder of the lock.
+    checkpointer = Checkpointer(os.path.join(workdir, run_dir.CHECKPOINT_DIR),
+                                config.keep_checkpoints, config.async_checkpoints,
+                                lock=WorkdirLock(workdir))
+    stop = _StopSignal().__enter__()  # from here on a signal ends the run with a checkpoint
+    try:
+        try:
+            state, start_step, extra, shardings = _initial_state(config, task, data_fn, mesh,
+                                                                 checkpointer, init_rng)
+        except StopRequestedError as stopped:  # e.g. while building stage II's token cache
+            logging.warning("%s", stopped)
+            return {"step": 0, "train": {}, "eval": {}, "evaluators": {},
+                    "skipped_updates": 0, "preempted": True}
+        start.accept()
+        if jax.process_index() == 0:  # only once the run is accepted: its checkpoints fit it
+            run_dir.write_json(os.path.join(workdir, run_dir.CONFIG_FILE),
+                               run_dir.config_json(config))
+        from fsq_jax.train import writers as writers_lib  # imports TensorFlow: when training
+
+        writer = writers_lib.create_writer(workdir, start_step or None,
+                                           jax.process_index() == 0)
+        try:
+            run = _RunContext(config, workdir, task, data_fn, mesh,
+                              CompiledSteps(task, shardings, mesh), checkpointer, writer,
+                              tuple(rngs), stop)
+            return _train(run, state, start_step, extra)
         finally:
-            checkpointer.close()
-            stop.__exit__()
+            writer.flush()
+            writer.close()
+    finally:
+        checkpointer.close()
+        stop.__exit__()
 
 
 def _initial_state(config: ml_collections.ConfigDict, task: Any, data_fn: DataFn,
