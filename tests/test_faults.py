@@ -273,8 +273,6 @@ def start_train(workdir, cache, *overrides, config=CONFIG):
                             stderr=subprocess.STDOUT, text=True)
 
 
-
-
 def committed_steps(workdir):
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from subprocess_lines import read_until
 
 from fsq_jax import train
 
@@ -60,17 +61,7 @@ def start(workdir, *overrides, cache_dir=None, devices=1):
 
 def wait_for_step(process, step, timeout=300):
     """Reads the progress lines until `step N/` appears; returns everything read."""
-    lines = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith(f"step {step}/"):
-            return lines
-    process.kill()
-    raise AssertionError(f"never reached step {step}:\n{''.join(lines[-30:])}")
+    return read_until(process, lambda line: line.startswith(f"step {step}/"), timeout)
 
 
 def wait_for_committed_checkpoint(workdir, process, timeout=300):
