@@ -249,7 +249,7 @@ def summary(runs_by_seed: Mapping[str, Sequence[QuantizerRuns]],
     out: dict[str, Any] = {}
     if baseline:
         out["floor_fid"] = baseline.get("fid")
-        out["floor"] = {k: v for k, v in baseline.items()}
+        out["floor"] = dict(baseline)
     for name, runs in runs_by_seed.items():
         per_seed = [{metric: headline_value(run, metric) for metric in HEADLINE_METRICS}
                     for run in runs]
