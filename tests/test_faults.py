@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from subprocess_lines import read_until
+from training_processes import committed_steps, read_until
 
 from fsq_jax import data
 from fsq_jax.data import folder
@@ -271,13 +271,6 @@ def start_train(workdir, cache, *overrides, config=CONFIG):
     return subprocess.Popen(train_command(workdir, *overrides, config=config), cwd=ROOT,
                             env=environment(cache), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-
-
-def committed_steps(workdir):
-    directory = Path(workdir) / "checkpoints"
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def final_state(workdir):

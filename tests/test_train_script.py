@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from subprocess_lines import read_until
+from training_processes import read_until
 
 from fsq_jax import train
 

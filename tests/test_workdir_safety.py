@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from subprocess_lines import read_until
+from training_processes import committed_steps, read_until
 
 from fsq_jax import train
 from fsq_jax.train import workdir as workdir_lib
@@ -226,15 +226,6 @@ def start(workdir, cache_dir, *overrides):
     return subprocess.Popen(command("train.py", workdir, *overrides), cwd=ROOT,
                             env=environment(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-
-
-
-
-def committed_steps(workdir):
-    directory = Path(workdir) / "checkpoints"
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def wait_for_steps(workdir, count, process, timeout=300):

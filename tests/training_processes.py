@@ -1,10 +1,12 @@
-"""Reading a training subprocess's output line by line, for the tests that signal or kill it."""
+"""Watching a training subprocess, for the tests that signal or kill it: its output line by line
+and the checkpoints it has committed."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def read_until(process: subprocess.Popen, predicate: Callable[[str], bool],
@@ -22,3 +24,11 @@ def read_until(process: subprocess.Popen, predicate: Callable[[str], bool],
             return lines
     process.kill()
     raise AssertionError("".join(lines[-30:]))
+
+
+def committed_steps(workdir: str | Path) -> list[int]:
+    """The steps with a committed checkpoint in `workdir`, ascending."""
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
