@@ -31,6 +31,7 @@ from fsq_jax.train.frozen import load_frozen
 from maskgit import compression, pipeline, tokenizer
 
 MEASUREMENTS_FILE = "measurements.json"
+TIMING_FILE = "timing.json"  # wall time of the invocation that trained the sweep's runs
 QUANTIZERS = ("vq", "fsq")
 ORDERS = compression.ORDERS
 
@@ -202,11 +203,31 @@ def _result_line(run: RunSpec, row: Mapping[str, Any], took: float) -> str:
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              log: Callable[[str], None] = print, parallel: int = 1,
+              job_command: Callable[[str], list[str]] | None = None,
+              only: str | None = None, command: str | None = None) -> list[dict[str, Any]]:
     """Trains/reuses every run of `config` under `workdir`, writes sweep.csv and sweep.png
-    after each run (so partial sweeps leave a plot), returns the rows."""
+    after each run (so partial sweeps leave a plot), returns the rows.
+
+    `parallel` > 1 trains the runs that many at a time, each in a process of its own started
+    with `job_command(run_name)` (the sweep command told to do that run only: `only`), then
+    collects them here in the plot's order. `only` trains and measures one run and writes
+    no sweep outputs (what each of those processes does). At the end `report.md` gives the
+    table, Figure 3's findings checked on it and the time (`command` is the command it names).
+    """
     runs = plan(config)
+    sweep_started = time.time()
+    if only is not None:
+        runs = [run for run in runs if run.name == only]
+        if not runs:
+            raise ValueError(f"no run named {only!r} in this sweep; its runs: "
+                             f"{', '.join(run.name for run in plan(config))}")
     os.makedirs(workdir, exist_ok=True)
+    if parallel > 1 and only is None:
+        if job_command is None:
+            raise ValueError("parallel runs need job_command (the command of one run)")
+        _train_concurrently(runs, parallel, job_command, log)
+        restart = False  # every run was just trained (or reused) by the jobs
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     worked, fresh = 0.0, 0  # time spent on runs that were not already finished, and how many
@@ -222,7 +243,44 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, restart: bool 
         if took > 30:  # a reused run takes seconds; only real work predicts the rest
             worked, fresh = worked + took, fresh + 1
         log(_result_line(run, rows[-1], took))
-        sweeps.write_outputs(rows, workdir, config.preset)
-    log(f"done in {actions.format_duration(time.monotonic() - started)}: "
-        f"{os.path.join(workdir, 'sweep.csv')}, {os.path.join(workdir, 'sweep.png')}")
+        if only is None:
+            sweeps.write_outputs(rows, workdir, config.preset)
+    if only is None:
+        wall = _wall_time(workdir, rows, sweep_started, parallel)
+        command = command or ("python scripts/sweep.py --config configs/sweeps/codebook_size.py:"
+                              f"{config.preset} --workdir {workdir}")
+        report_path = os.path.join(workdir, "report.md")
+        with open(report_path, "w") as f:
+            f.write(sweeps.report(rows, config.preset, command, wall["seconds"],
+                                  wall["parallel"]))
+        log(f"done in {actions.format_duration(time.time() - sweep_started)}: "
+            f"{os.path.join(workdir, 'sweep.csv')}, {os.path.join(workdir, 'sweep.png')}, "
+            f"{report_path}")
     return rows
+
+
+def _wall_time(workdir: str, rows: list[dict[str, Any]], started: float, parallel: int
+               ) -> dict[str, float]:
+    """{"seconds", "parallel"} of the invocation that last trained runs of this sweep: this one
+    if it wrote any run's results (then kept in `timing.json`), else the one kept there."""
+    path = os.path.join(workdir, TIMING_FILE)
+    results = [os.path.join(row[key], "results.json") for row in rows
+               for key in ("tokenizer_dir", "transformer_dir")]
+    if any(os.path.isfile(p) and os.path.getmtime(p) >= started for p in results):
+        timing = {"seconds": time.time() - started, "parallel": parallel}
+        run_dir.write_json(path, timing)
+        return timing
+    return run_dir.read_json(path) or {"seconds": time.time() - started, "parallel": parallel}
+
+
+def _train_concurrently(runs: list[RunSpec], parallel: int,
+                        job_command: Callable[[str], list[str]],
+                        log: Callable[[str], None]) -> None:
+    """Every run trained and measured by its own process, `parallel` at a time."""
+    from fsq_jax.train import concurrent_runs
+
+    log(f"training {len(runs)} runs, {parallel} at a time (one process each; their lines start "
+        "with the run's name)")
+    jobs = [concurrent_runs.Job(run.name, job_command(run.name)) for run in runs]
+    with concurrent_runs.JobPool(jobs, parallel, log=log) as pool:
+        pool.wait()

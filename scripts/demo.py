@@ -6,15 +6,18 @@ Trains the tiny FSQ and VQ tokenizers and a tiny MaskGIT transformer on each, ev
 ours, each stage's time, pictures) and `<workdir>/report.json` (`{"floor_fid", "fsq": {"psnr",
 "reconstruction_fid", "sampling_fid", "precision", "recall", "usage", "std", ...}, "vq": ...}`).
 Finished stages are reused on a re-run; `--restart` starts over; `--seeds 3` trains each
-quantizer with three seeds and reports the mean and spread.
+quantizer with three seeds and reports the mean and spread. The runs (one per quantizer and
+seed) train `--jobs` at a time, each in a process of its own, while this process scores the
+real-images floor (`fsq_jax.train.concurrent_runs`: a tiny run keeps about one core busy).
 
-    python scripts/demo.py --workdir runs/demo [--restart] [--seeds N] [--tokenizer_steps N] ...
+    python scripts/demo.py --workdir runs/demo [--restart] [--seeds N] [--jobs N] ...
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import flags
@@ -29,6 +32,11 @@ _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 256, "Images per FID / usage 
 _QUANTIZERS = flags.DEFINE_list("quantizers", ["fsq", "vq"], "Quantizers to compare.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Training seeds per quantizer (the report gives the "
                               "mean and spread over them; the data stay the same).")
+_JOBS = flags.DEFINE_integer("jobs", 0, "Runs trained at once, each in its own process (0: as "
+                             "many as there are CPU cores, at most one per run; 1: one after "
+                             "the other in this process).", lower_bound=0)
+_RUN = flags.DEFINE_string("run", None, "Train only this run, `<quantizer>:<seed>`, and exit "
+                           "(what each of the --jobs processes does).")
 
 
 def demo_overrides(stage: str, steps: int, eval_images: int, out_dir: str) -> dict:
@@ -88,56 +96,114 @@ def seed_dir(workdir: str, name: str, seed: int) -> str:
     return os.path.join(workdir, name if seed == 0 else f"{name}_seed{seed}")
 
 
-def main(argv: list[str]) -> None:
-    cli.start(argv)
-    from fsq_jax import config_lib, quantizers
+def stage_configs(name: str, seed: int):
+    """The demo's (tokenizer, transformer) configs of quantizer `name` and training `seed`."""
+    from fsq_jax import config_lib
+    from maskgit import pipeline
+
+    tokenizer_config, transformer_config = pipeline.configs_for(name, "tiny")
+    run_dir = seed_dir(_WORKDIR.value, name, seed)
+    for config, stage, steps in ((tokenizer_config, "tokenizer", _TOKENIZER_STEPS.value),
+                                 (transformer_config, "transformer", _TRANSFORMER_STEPS.value)):
+        out_dir = os.path.join(run_dir, stage, "evaluation")
+        overrides = demo_overrides(stage, steps, _EVAL_IMAGES.value, out_dir)
+        for key, value in overrides.items():
+            config_lib.set_field(config, key, value)
+        config.seed = int(config.seed) + seed  # initialisation, dropout, data order
+    return tokenizer_config, transformer_config
+
+
+def train_run(name: str, seed: int, restart: bool):
+    """Trains (or reuses) both stages of one quantizer and seed: its `demo.QuantizerRuns`."""
     from fsq_jax.reporting import demo
     from maskgit import pipeline
 
+    run_dir = seed_dir(_WORKDIR.value, name, seed)
+    tokenizer_config, transformer_config = stage_configs(name, seed)
+    print(f"\n=== {name.upper()} seed {seed}: tokenizer, then transformer, in {run_dir}",
+          flush=True)
+    run = pipeline.run_maskgit(tokenizer_config, transformer_config, run_dir, restart=restart)
+    return demo.QuantizerRuns(
+        tokenizer=demo.StageRun(run.tokenizer_dir, f"configs/maskgit/tokenizer.py:{name},tiny",
+                                run.tokenizer_results),
+        transformer=demo.StageRun(run.transformer_dir,
+                                  f"configs/maskgit/transformer.py:{name},tiny",
+                                  run.transformer_results),
+    )
+
+
+def run_jobs(runs: list[tuple[str, int]]) -> list:
+    """One job per (quantizer, seed): this script with `--run`, passing the demo's settings on."""
+    from fsq_jax.train import concurrent_runs
+
+    common = [sys.executable, os.path.abspath(__file__), f"--workdir={_WORKDIR.value}",
+              f"--tokenizer_steps={_TOKENIZER_STEPS.value}",
+              f"--transformer_steps={_TRANSFORMER_STEPS.value}",
+              f"--eval_images={_EVAL_IMAGES.value}", f"--restart={_RESTART.value}"]
+    return [concurrent_runs.Job(os.path.basename(seed_dir("", name, seed)),
+                                [*common, f"--run={name}:{seed}"]) for name, seed in runs]
+
+
+def parse_run(value: str) -> tuple[str, int]:
+    """`fsq:1` -> ("fsq", 1)."""
+    name, _, seed = value.partition(":")
+    if not name or not seed.isdigit():
+        raise ValueError(f"--run={value!r}: expected <quantizer>:<seed>, e.g. fsq:0")
+    return name, int(seed)
+
+
+def main(argv: list[str]) -> None:
+    cli.start(argv)
+    from fsq_jax import quantizers
+    from fsq_jax.reporting import demo
+    from fsq_jax.train import concurrent_runs
+
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    started = time.time()
+    if _RUN.value is not None:  # one of the --jobs processes
+        train_run(*parse_run(_RUN.value), restart=_RESTART.value)
+        return
+    demo_started = started = time.time()
     ensure_inception_weights()
     setup_seconds = time.time() - started
 
+    runs = [(name, seed) for name in _QUANTIZERS.value for seed in range(_SEEDS.value)]
+    parallel = _JOBS.value or concurrent_runs.default_parallelism(len(runs))
+    _, transformer_config = stage_configs(runs[0][0], 0)
+    restart = _RESTART.value
+    if parallel > 1:
+        print(f"training {len(runs)} runs, {parallel} at a time (one process each; their lines "
+              "start with the run's name), while this process scores the real-images floor",
+              flush=True)
+        with concurrent_runs.JobPool(run_jobs(runs), parallel) as pool:
+            started = time.time()
+            baseline = real_images_baseline(transformer_config, workdir, restart)
+            floor_seconds = time.time() - started
+            pool.wait()
+        restart = False  # the jobs trained every run: collect their results below
     runs_by_seed: dict[str, list] = {}
-    sizes = {}
-    for name in _QUANTIZERS.value:
-        for seed in range(_SEEDS.value):
-            run_dir = seed_dir(workdir, name, seed)
-            tokenizer_config, transformer_config = pipeline.configs_for(name, "tiny")
-            for config, stage, steps in ((tokenizer_config, "tokenizer", _TOKENIZER_STEPS.value),
-                                         (transformer_config, "transformer",
-                                          _TRANSFORMER_STEPS.value)):
-                out_dir = os.path.join(run_dir, stage, "evaluation")
-                overrides = demo_overrides(stage, steps, _EVAL_IMAGES.value, out_dir)
-                for key, value in overrides.items():
-                    config_lib.set_field(config, key, value)
-                config.seed = int(config.seed) + seed  # initialisation, dropout, data order
-            print(f"\n=== {name.upper()} seed {seed}: tokenizer, then transformer, in {run_dir}",
-                  flush=True)
-            run = pipeline.run_maskgit(tokenizer_config, transformer_config, run_dir,
-                                       restart=_RESTART.value)
-            sizes[name] = quantizers.codebook_size(tokenizer_config.quantizer)
-            runs_by_seed.setdefault(name, []).append(demo.QuantizerRuns(
-                tokenizer=demo.StageRun(run.tokenizer_dir,
-                                        f"configs/maskgit/tokenizer.py:{name},tiny",
-                                        run.tokenizer_results),
-                transformer=demo.StageRun(run.transformer_dir,
-                                          f"configs/maskgit/transformer.py:{name},tiny",
-                                          run.transformer_results),
-            ))
+    for name, seed in runs:
+        runs_by_seed.setdefault(name, []).append(train_run(name, seed, restart))
+    if parallel == 1:
+        started = time.time()
+        baseline = real_images_baseline(transformer_config, workdir, restart)
+        floor_seconds = time.time() - started
 
-    started = time.time()
-    baseline = real_images_baseline(transformer_config, workdir, _RESTART.value)
-    floor_seconds = time.time() - started
-    runs = {name: seeds[0] for name, seeds in runs_by_seed.items()}
+    sizes = {name: quantizers.codebook_size(stage_configs(name, 0)[0].quantizer)
+             for name in runs_by_seed}
+    first_seed = {name: seeds[0] for name, seeds in runs_by_seed.items()}
     headline = demo.summary(runs_by_seed, baseline)
-    pictures = demo.collect_pictures(runs, workdir)
-    curve_pictures = demo.training_curves(runs, workdir)
+    pictures = demo.collect_pictures(first_seed, workdir)
+    curve_pictures = demo.training_curves(first_seed, workdir)
     extra = {"Inception weights (conversion, once)": setup_seconds,
              "real-images floor": floor_seconds}
-    report = demo.render(runs, pictures, extra, codebook_sizes=sizes, baseline=baseline,
+    headline["wall_seconds"] = round(time.time() - demo_started, 1)
+    headline["parallel_runs"] = parallel
+    headline["runs_trained"] = sum(  # by this invocation (the rest were reused)
+        os.path.getmtime(os.path.join(run.transformer.workdir, "results.json")) >= demo_started
+        for seeds in runs_by_seed.values() for run in seeds)
+    headline["runs"] = len(runs)
+    report = demo.render(first_seed, pictures, extra, codebook_sizes=sizes, baseline=baseline,
                          curve_pictures=curve_pictures, headline=headline)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(headline, f, indent=2)

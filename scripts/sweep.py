@@ -10,6 +10,8 @@ are reused; see `maskgit.sweep` for what is measured.
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 from absl import flags
@@ -25,6 +27,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the sweep."
 _RESTART = flags.DEFINE_bool("restart", False, "Retrain every run instead of reusing them.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their stage configs' main "
                              "fields, and train nothing.")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at once, each in its own process (0: as "
+                             "many as there are CPU cores; a tiny run keeps about one core busy, "
+                             "so 2 on a 2-core CPU takes ~0.6x the time of 1).", lower_bound=0)
+_ONLY = flags.DEFINE_string("only", None, "Train and measure only this run (e.g. "
+                            "fsq_log2size10) and write no sweep outputs (what each of the --jobs "
+                            "processes does).")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Persistent XLA compilation cache, so identical programs (the "
     "Inception network of every FID evaluation) compile once (default: "
@@ -45,10 +53,21 @@ def main(argv: list[str]) -> None:
             print(line)
         return
     cli.enable_compilation_cache(_CACHE.value)
+    from fsq_jax.train import concurrent_runs  # its failures end in one line (cli)
+
+    parallel = _JOBS.value or concurrent_runs.default_parallelism(len(sweep.plan(config)))
     try:
-        sweep.run_sweep(config, _WORKDIR.value, restart=_RESTART.value)
+        sweep.run_sweep(config, _WORKDIR.value, restart=_RESTART.value, parallel=parallel,
+                        job_command=one_run_command, only=_ONLY.value,
+                        command=shlex.join(["python", "scripts/sweep.py", *sys.argv[1:]]))
     except pipeline.StagePreemptedError as stopped:
         sys.exit(f"sweep stopped: {stopped}")
+
+
+def one_run_command(name: str) -> list[str]:
+    """This very command (same config and overrides), told to do run `name` alone."""
+    return [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--only={name}",
+            "--jobs=1"]
 
 
 if __name__ == "__main__":

@@ -189,3 +189,44 @@ def test_summary_is_report_json_with_mean_and_spread_over_seeds(tmp_path):
     rendered = demo.render({"fsq": first["fsq"], "vq": first["vq"]}, {}, {"floor": 12.0},
                            baseline=baseline, headline=report)
     assert "| FSQ tokenizer evaluation | 25 |" in rendered and "| floor | 12 |" in rendered
+    assert "The whole demo" not in rendered  # no wall time recorded
+    timed = {**report, "wall_seconds": 545.4, "parallel_runs": 2, "runs": 4, "runs_trained": 2}
+    assert ("The whole demo: 9 min 5 s wall for 4 runs (2 trained by it, 2 reused), "
+            "installation excluded; 2 runs at a time, each in its own process, so the stage "
+            "times above overlap.") in demo.times_table(timed)
+    assert "one stage after the other" in demo.times_table({**timed, "parallel_runs": 1})
+
+
+@pytest.mark.slow
+def test_the_demo_trains_both_quantizers_side_by_side_and_writes_its_report(tmp_path):
+    """`scripts/demo.py` end to end at a few steps: one process per quantizer (lines prefixed
+    with its name), the floor scored meanwhile, then report.md and report.json from the runs;
+    a second invocation reuses every stage."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = tmp_path / "demo"
+    command = [sys.executable, os.path.join(root, "scripts", "demo.py"), f"--workdir={workdir}",
+               "--tokenizer_steps=3", "--transformer_steps=3", "--eval_images=8", "--jobs=2"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "training 2 runs, 2 at a time" in done.stdout
+    assert "[fsq] " in done.stdout and "[vq] " in done.stdout
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["parallel_runs"] == 2 and report["wall_seconds"] > 0
+    assert report["floor"]["num_images"] == 8 and report["floor_fid"] > 0
+    for name in ("fsq", "vq"):
+        entry = report[name]
+        assert entry["seeds"] == 1
+        for metric in ("psnr", "reconstruction_fid", "sampling_fid", "precision", "recall",
+                       "usage"):
+            assert entry[metric] is not None, (name, metric)
+        assert 0.0 < entry["usage"] <= 1.0 and entry["seconds"]["tokenizer training"] > 0
+        assert (workdir / name / "transformer" / "results.json").exists()
+    text = (workdir / "report.md").read_text()
+    assert "The whole demo:" in text and "for 2 runs (2 trained by it, 0 reused)" in text
+    assert report["runs"] == report["runs_trained"] == 2
+    again = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing") >= 4  # both stages of both quantizers

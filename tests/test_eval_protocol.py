@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import eval_protocol_worker as worker
@@ -139,6 +140,39 @@ def test_a_cached_reference_reads_no_data(tmp_path):
     assert first_n.load(context, extractor, batch_size=8, cache_dir=tmp_path).count == 10
     with pytest.raises(ValueError, match="invalid reference-statistics key"):
         references.SplitReference("../x")
+
+
+def test_runs_side_by_side_compute_a_missing_reference_once(tmp_path):
+    """Two runs (threads here; processes in the demo) that need the same uncached reference:
+    the first computes it under the cache lock, the second waits and reads its files."""
+    import threading
+
+    calls = []
+    inside = threading.Event()
+
+    def slow_counting(config, split, batch_size, **kwargs):
+        calls.append(split)
+        inside.set()
+        time.sleep(0.5)  # the second run arrives while the first is reading
+        return data.build(config, split, batch_size, **kwargs)
+
+    reference = references.SplitReference("test/train/full", "train", pr_examples=5)
+    extractor = BlockMeanFeatures()
+    loaded = {}
+
+    def run(name):
+        loaded[name] = reference.load(_context(slow_counting), extractor, batch_size=8,
+                                      cache_dir=tmp_path)
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    inside.wait(timeout=60)
+    run("second")
+    first.join()
+    assert calls == ["train"]  # one pass over the split
+    np.testing.assert_array_equal(loaded["first"].sigma, loaded["second"].sigma)
+    np.testing.assert_array_equal(loaded["first"].features, loaded["second"].features)
+    assert (tmp_path / "fid_stats" / "test__train__full.npz.lock").exists()
 
 
 def _maskgit_config(tmp_path, reference=""):

@@ -52,6 +52,16 @@ def test_tiny_and_paper_presets():
         codebook_size.get_config("huge")
 
 
+def test_small_preset_spans_table_1s_sizes_with_enough_tokens_to_count_usage():
+    small = codebook_size.get_config("small")
+    assert small.maskgit_size == "tiny" and small.preset == "small"
+    assert tuple(small.log2_sizes) == (6, 8, 10, 12, 14)
+    assert small.tokenizer.total_steps > codebook_size.get_config("tiny").tokenizer.total_steps
+    tokens = small.usage.num_images * (32 // 4) ** 2  # 8x8 tokens per 32x32 image
+    assert tokens >= 16 * 2 ** max(small.log2_sizes)  # every code can be seen many times
+    assert small.tokenizer.evaluators.num_images == small.transformer.evaluators.num_images
+
+
 def test_sizes_come_from_the_quantizer_presets_table():
     run = sweep.RunSpec("fsq", 8, 240, (8, 6, 5), "fsq_log2size08")
     overrides = sweep.run_overrides(codebook_size.get_config("tiny"), run)
@@ -83,7 +93,7 @@ def test_coarse_to_fine_order():
     assert sorted(sweeps.coarse_to_fine(range(4, 17))) == list(range(4, 17))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "paper"])
 def test_plan_builds_valid_configs_for_every_run(preset):
     config = codebook_size.get_config(preset)
     runs = sweep.plan(config)
@@ -186,3 +196,77 @@ def test_miniature_sweep_end_to_end(tmp_path, capsys):
     again = sweep.run_sweep(config, str(workdir))
     assert capsys.readouterr().out.count("reusing") == 8
     assert [r["compression_bits"] for r in again] == [r["compression_bits"] for r in rows]
+
+
+@pytest.mark.slow
+def test_runs_trained_side_by_side_equal_runs_trained_in_turn(tmp_path):
+    """`scripts/sweep.py --jobs 2` trains each run in a process of its own (lines prefixed with
+    the run's name) and writes the same table as one process training them in turn."""
+    overrides = {"log2_sizes": "(4,6)", "quantizers": "('fsq',)",
+                 "usage.num_images": 32, "usage.batch_size": 16,
+                 "compression.num_images": 8, "compression.batch_size": 8,
+                 "compression.num_steps": 4}
+    for stage in ("tokenizer", "transformer"):
+        overrides.update({f"{stage}.total_steps": 2, f"{stage}.batch_size": 8,
+                          f"{stage}.eval_batch_size": 8, f"{stage}.log_every": 1,
+                          f"{stage}.evaluators.fid": False, f"{stage}.evaluators.num_images": 8,
+                          f"{stage}.evaluators.batch_size": 8})
+    overrides.update({"transformer.model.num_layers": 1,
+                      "transformer.model.hidden_size": 16, "transformer.model.mlp_dim": 32,
+                      "transformer.optimizer.warmup_steps": 0})
+    workdir = tmp_path / "side_by_side"
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--workdir={workdir}",
+               "--jobs=2", *[f"--config.{key}={value}" for key, value in overrides.items()]]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "training 2 runs, 2 at a time" in done.stdout
+    assert "[fsq_log2size04] " in done.stdout and "[fsq_log2size06] " in done.stdout
+    assert "finished fsq_log2size06" in done.stdout or "finished fsq_log2size04" in done.stdout
+    side_by_side = sweeps.read_csv(str(workdir / "sweep.csv"))
+
+    config = codebook_size.get_config("tiny")
+    config.update(log2_sizes=(4, 6), quantizers=("fsq",))
+    for key, value in overrides.items():
+        if key not in ("log2_sizes", "quantizers"):
+            section, _, field = key.rpartition(".")
+            node = config
+            for part in section.split("."):
+                node = node[part]
+            node[field] = value
+    in_turn = sweep.run_sweep(config, str(tmp_path / "in_turn"))
+    assert [r["log2_size"] for r in side_by_side] == [r["log2_size"] for r in in_turn] == [4, 6]
+    for a, b in zip(side_by_side, in_turn, strict=True):
+        for key in ("usage", "used_codes", "compression_bits", "psnr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-3), key  # CSV: 3 decimals
+
+
+def _trend_rows(vq_fids, fsq_fids, vq_usage, fsq_usage, sizes=(6, 8, 10, 12, 14)):
+    rows = []
+    for size, vq_fid, fsq_fid, vq_use, fsq_use in zip(sizes, vq_fids, fsq_fids, vq_usage,
+                                                       fsq_usage, strict=True):
+        for quantizer, fid, usage in (("vq", vq_fid, vq_use), ("fsq", fsq_fid, fsq_use)):
+            rows.append({"quantizer": quantizer, "log2_size": size, "codebook_size": 2**size,
+                         "used_codes": round(usage * 2**size), "usage": usage,
+                         "recon_fid": fid, "sampling_fid": fid + 50, "bits_per_token": size / 2,
+                         "psnr": 25.0})
+    return rows
+
+
+def test_the_report_checks_figure_3s_findings_on_the_numbers():
+    paper_like = _trend_rows(vq_fids=(300, 280, 270, 272, 275), fsq_fids=(300, 270, 250, 240, 230),
+                             vq_usage=(1, 1, 0.9, 0.3, 0.05), fsq_usage=(1, 1, 1, 0.98, 0.95))
+    assert [holds for _, holds, _ in sweeps.trends(paper_like)] == [True, True, True]
+    # FSQ not monotonic, FSQ's usage at 2^14 too low, VQ improving faster than FSQ.
+    unlike = _trend_rows(vq_fids=(300, 280, 270, 240, 200), fsq_fids=(300, 270, 250, 260, 240),
+                         vq_usage=(1, 1, 0.9, 0.3, 0.05), fsq_usage=(1, 1, 1, 0.98, 0.5))
+    checks = sweeps.trends(unlike)
+    assert [holds for _, holds, _ in checks] == [False, False, False]
+    assert "2^14: VQ 5.0%, FSQ 50.0%" in checks[0][2]
+    assert "250.0 (2^10) -> 260.0 (2^12)" in checks[1][2]
+    assert "VQ's FID 270.0 -> 200.0 (-70.0), FSQ's 250.0 -> 240.0 (-10.0)" in checks[2][2]
+
+    text = sweeps.report(unlike, "small", "python scripts/sweep.py ...", 2712.4, 2)
+    assert "![codebook-size study](sweep.png)" in text
+    assert "| 14 | 5.0% (819/16384) | 50.0% (8192/16384) | 200.0 | 240.0 |" in text
+    assert text.count("**does not show**") == 3
+    assert "10 runs in 45 min 12 s wall, 2 at a time" in text

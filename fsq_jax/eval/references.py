@@ -14,7 +14,9 @@ features of its images `arr_0` (10k in the published batches), as `evaluator.py`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -38,6 +40,24 @@ class Reference:
     count: int | None
     features: np.ndarray | None
     description: str
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path):
+    """An exclusive lock on `<path>.lock` (released when the process ends, however it ends);
+    none in a cache this process cannot write (it can only read what is there)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (closed below)
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _root(cache_dir: str | os.PathLike | None) -> Path:
@@ -108,7 +128,19 @@ class SplitReference:
              cache_dir: str | os.PathLike | None = None, features: bool = True) -> Reference:
         """The statistics (and with `features`, the first `pr_examples` features), from the
         cache or from one pass over the split through `context` (a collective with several
-        processes: all of them take the same branch)."""
+        processes: all of them take the same branch). Separate runs on one machine (the
+        demo's and the sweep's, side by side) compute a missing reference once: the first
+        holds a lock on it and the others wait, then read its files."""
+        import jax
+
+        stats_path, _ = self.paths(cache_dir)
+        lock = (_cache_lock(stats_path) if jax.process_count() == 1  # a multi-host pass is
+                else contextlib.nullcontext())                       # one collective already
+        with lock:
+            return self._load(context, extractor, batch_size, cache_dir, features)
+
+    def _load(self, context: Any, extractor: fid.FeatureFn, batch_size: int,
+              cache_dir: str | os.PathLike | None, features: bool) -> Reference:
         from fsq_jax.train.evaluation import every_process
 
         stats_path, features_path = self.paths(cache_dir)

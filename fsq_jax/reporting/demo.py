@@ -169,7 +169,8 @@ def render(runs: Mapping[str, QuantizerRuns], pictures: Mapping[str, str],
            headline: Mapping[str, Any] | None = None) -> str:
     """The whole report as markdown; `baseline` is `real_images_baseline`'s result plus
     `num_images`; `curve_pictures` is `training_curves`' result; `headline` is `summary`'s
-    (report.json), whose per-stage times replace `timings` but for its extra rows."""
+    (report.json, with the demo's `wall_seconds` and `parallel_runs` when known), whose per-stage
+    times replace `timings` but for its extra rows."""
     parts = [
         "# fsq-jax demo: FSQ vs VQ in MaskGIT on the procedural scenes",
         "",
@@ -319,4 +320,16 @@ def times_table(report: Mapping[str, Any], extra: Mapping[str, float] | None = N
         lines += [f"| {label} {part} | {seconds:.0f} |"
                   for part, seconds in entry["seconds"].items()]
     lines += [f"| {part} | {seconds:.0f} |" for part, seconds in (extra or {}).items()]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    wall, parallel = report.get("wall_seconds"), int(report.get("parallel_runs", 1))
+    if wall is not None:
+        how = (f"{parallel} runs at a time, each in its own process, so the stage times above "
+               "overlap" if parallel > 1 else "one stage after the other")
+        runs, trained = report.get("runs"), report.get("runs_trained")
+        what = ""
+        if runs is not None and trained is not None:
+            what = f" for {runs} runs ({trained} trained by it, {runs - trained} reused)"
+        minutes, seconds = divmod(round(float(wall)), 60)
+        text += (f"\nThe whole demo: {minutes} min {seconds} s wall{what}, installation "
+                 f"excluded; {how}.\n")
+    return text

@@ -11,6 +11,7 @@ same way; `maskgit.sweep` produces the rows.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -146,3 +147,91 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], workdir: str, preset: str) 
     write_csv(rows, os.path.join(workdir, "sweep.csv"))
     plot(rows, os.path.join(workdir, "sweep.png"),
          title=f"Codebook-size study ({preset}): VQ vs FSQ MaskGIT")
+
+
+def _series(rows: Sequence[Mapping[str, Any]], quantizer: str, column: str
+            ) -> list[tuple[int, float]]:
+    """(log2 size, value) of one quantizer's rows, by size, NaNs left out."""
+    points = sorted((int(r["log2_size"]), float(r[column])) for r in rows
+                    if r["quantizer"] == quantizer and r.get(column) is not None)
+    return [(x, y) for x, y in points if not math.isnan(y)]
+
+
+def trends(rows: Sequence[Mapping[str, Any]], large: int = 10) -> list[tuple[str, bool, str]]:
+    """Figure 3's qualitative findings, each checked on the rows: (finding, holds, evidence).
+
+    1. VQ's usage collapses above 2^`large` while FSQ's stays near 100%: at every size above
+       2^`large`, VQ uses under half its codes and FSQ at least 90% of its own.
+    2. FSQ's reconstruction FID improves monotonically with the codebook size.
+    3. VQ's reconstruction FID flattens or worsens at the large sizes: from 2^`large` to the
+       largest size it improves by less than FSQ's does (or gets worse).
+    """
+    out = []
+    vq_usage, fsq_usage = (dict(_series(rows, q, "usage")) for q in ("vq", "fsq"))
+    above = sorted(x for x in set(vq_usage) & set(fsq_usage) if x > large)
+    if above:
+        holds = all(vq_usage[x] < 0.5 and fsq_usage[x] >= 0.9 for x in above)
+        evidence = ", ".join(f"2^{x}: VQ {vq_usage[x]:.1%}, FSQ {fsq_usage[x]:.1%}"
+                             for x in above)
+        out.append((f"VQ's codebook usage collapses above 2^{large} while FSQ's stays near "
+                     "100% (VQ < 50%, FSQ >= 90%)", holds, evidence))
+    fsq_fid = _series(rows, "fsq", "recon_fid")
+    if len(fsq_fid) > 1:
+        holds = all(b < a for (_, a), (_, b) in itertools.pairwise(fsq_fid))
+        evidence = " -> ".join(f"{y:.1f} (2^{x})" for x, y in fsq_fid)
+        out.append(("FSQ's reconstruction FID improves monotonically with the codebook size",
+                    holds, evidence))
+    vq_fid, fsq_fid_by_size = dict(_series(rows, "vq", "recon_fid")), dict(fsq_fid)
+    common = sorted(set(vq_fid) & set(fsq_fid_by_size))
+    if large in common and common[-1] > large:
+        top = common[-1]
+        vq_gain = vq_fid[large] - vq_fid[top]
+        fsq_gain = fsq_fid_by_size[large] - fsq_fid_by_size[top]
+        holds = vq_gain < fsq_gain
+        evidence = (f"from 2^{large} to 2^{top} VQ's FID {vq_fid[large]:.1f} -> "
+                    f"{vq_fid[top]:.1f} ({-vq_gain:+.1f}), FSQ's {fsq_fid_by_size[large]:.1f} -> "
+                    f"{fsq_fid_by_size[top]:.1f} ({-fsq_gain:+.1f})")
+        out.append((f"VQ's reconstruction FID flattens or worsens above 2^{large} (gains less "
+                    "than FSQ's)", holds, evidence))
+    return out
+
+
+def _cell(row: Mapping[str, Any] | None, column: str) -> str:
+    if row is None:
+        return "—"
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if column == "usage":
+        return f"{value:.1%} ({row['used_codes']}/{row['codebook_size']})"
+    if column == "bits_per_token":
+        return f"{value:.2f}"
+    return f"{value:.1f}"
+
+
+def report(rows: Sequence[Mapping[str, Any]], preset: str, command: str,
+           wall_seconds: float, parallel: int, picture: str = "sweep.png") -> str:
+    """The study as markdown: the four panels, one table row per size, Figure 3's findings
+    checked on these numbers (`trends`), and the time it took."""
+    by_key = {(r["quantizer"], int(r["log2_size"])): r for r in rows}
+    sizes = sorted({int(r["log2_size"]) for r in rows})
+    columns = (("usage", "usage"), ("recon_fid", "recon FID"), ("sampling_fid", "sampling FID"),
+               ("bits_per_token", "bits/token"), ("psnr", "PSNR"))
+    header = " | ".join(f"{q} {name}" for _, name in columns for q in ("VQ", "FSQ"))
+    lines = [f"# Codebook-size study ({preset}): VQ vs FSQ in MaskGIT", "",
+             f"`{command}`", "", f"![codebook-size study]({picture})", "",
+             f"| log2 size | {header} |", "|---" * (1 + 2 * len(columns)) + "|"]
+    for size in sizes:
+        cells = [_cell(by_key.get((q, size)), column) for column, _ in columns
+                 for q in ("vq", "fsq")]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    lines += ["", "FID on the same number of images for every run (comparable between the "
+              "runs of this study, not with other studies); usage from tokens over the usage "
+              "images; bits/token: the M2T compression cost (uniform coding costs log2 of the "
+              "codebook size).", "", "### Figure 3's findings at this scale", ""]
+    for finding, holds, evidence in trends(rows):
+        lines.append(f"* **{'shows' if holds else 'does not show'}**: {finding} — {evidence}")
+    minutes, seconds = divmod(round(wall_seconds), 60)
+    lines += ["", f"{len(rows)} runs in {minutes} min {seconds} s wall, {parallel} at a time "
+              "(exact figures vary between machines).", ""]
+    return "\n".join(lines)

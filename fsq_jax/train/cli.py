@@ -178,6 +178,7 @@ def failure_line(error: BaseException) -> str | None:
     from fsq_jax.config_lib import ConfigError
     from fsq_jax.data.errors import DataError
     from fsq_jax.train.checkpoint import CheckpointError
+    from fsq_jax.train.concurrent_runs import JobFailedError, JobsStoppedError
     from fsq_jax.train.loop import NonFiniteError
     from fsq_jax.train.npz_init import CheckpointMismatchError
     from fsq_jax.train.workdir import WorkdirError, _our_frame, error_line
@@ -192,6 +193,10 @@ def failure_line(error: BaseException) -> str | None:
         return f"weights error: {_one_line(error)}"
     if isinstance(error, WorkdirError):
         return _one_line(error)
+    if isinstance(error, JobFailedError):  # the run's own lines were printed as they came
+        return _one_line(error)
+    if isinstance(error, JobsStoppedError):
+        return f"stopped on request: {_one_line(error)}"
     if isinstance(error, DataError):
         return f"data error: {_one_line(error)}"
     if isinstance(error, FileNotFoundError):
