@@ -207,8 +207,12 @@ class JobPool:
     def _progress(self, job: Job, finished: int, took: float) -> str:
         elapsed = time.monotonic() - self._started
         left = len(self.jobs) - finished
-        # Runs finish at about the pace seen so far (several at a time).
-        eta = f", ETA ~{actions.format_duration(elapsed / finished * left)}" if left else ""
+        with self._lock:
+            running = len(self._running)
+        # Runs finish at about the pace seen so far; those still running count as half done.
+        done = finished + running / 2
+        eta = (f", ETA ~{actions.format_duration(elapsed / done * (len(self.jobs) - done))}"
+               if left else "")
         return (f"finished {job.name} in {actions.format_duration(took)} "
                 f"({finished}/{len(self.jobs)} runs, elapsed {actions.format_duration(elapsed)}"
                 f"{eta})")
