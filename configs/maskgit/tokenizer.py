@@ -103,8 +103,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg.quantizer, log2_size=10 if arg.size == "paper" else 8,
         vq={"dim": 256 if arg.size == "paper" else 32, "beta": 0.25, "entropy_weight": 0.1,
             "entropy_temperature": 0.01})
-    # What the tokenizer's training keeps for the backward pass: none | dots
-    # (maskgit/tokenizer.py; benchmarks/memory.py measures it).
+    # What the tokenizer's training keeps for the backward pass: none | dots | block (each
+    # encoder / decoder ResBlock keeps only its input and runs again in the backward pass; the
+    # same parameters and math). maskgit/tokenizer.py; benchmarks/memory.py measures it.
     config.model.remat = "none"
     # StyleGAN2's discriminator as MaskGIT: widths from StyleGAN's table, blur resampling.
     config.discriminator = ml_collections.ConfigDict({
