@@ -229,5 +229,5 @@ def test_tokenizer_block_remat_reduces_the_planned_temporaries(tmp_path):
         tmp_path, "maskgit/tokenizer.py:fsq,tiny", "--devices", "2", "--per-device-batch", "32",
         "--remat", remat) for remat in ("none", "block")}
     assert plans["block"]["remat"] == "block"
-    assert plans["block"]["temp_bytes"] < 0.8 * plans["none"]["temp_bytes"]
+    assert plans["block"]["temp_bytes"] < 0.95 * plans["none"]["temp_bytes"]
     assert plans["block"]["params_bytes"] == plans["none"]["params_bytes"]
