@@ -29,7 +29,7 @@ def split_micro_batches(batch: Any, steps: int) -> Any:
         if x.shape[0] % steps:
             raise ValueError(f"batch {jax.tree_util.keystr(path)}: {x.shape[0]} examples do not "
                              f"split into {steps} equal micro-batches")
-        return jnp.swapaxes(x.reshape((x.shape[0] // steps, steps) + x.shape[1:]), 0, 1)
+        return jnp.swapaxes(x.reshape((x.shape[0] // steps, steps, *x.shape[1:])), 0, 1)
 
     return jax.tree_util.tree_map_with_path(split, batch)
 
