@@ -13,6 +13,9 @@ are `jax.ShapeDtypeStruct`s, the frozen stage I of a stage-II config too.
 The numbers are XLA:CPU's buffer assignment of the per-device SPMD program: the activations the
 backward pass keeps are the same on every backend (they are fixed by the traced program), while
 fusion and scratch space differ somewhat on a GPU (docs/performance.md: the table and its headroom).
+The script schedules with XLA's memory-minimising scheduler (`MEMORY_SCHEDULER_FLAGS`); `plan()`
+called in a process started without those flags keeps XLA:CPU's default, which hides what
+rematerialisation saves.
 """
 
 from __future__ import annotations
