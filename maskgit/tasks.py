@@ -24,7 +24,7 @@ from fsq_jax import quantizers
 from fsq_jax.config_lib import LoopConfig, OptimizerConfig, require
 from fsq_jax.quantizers import RNG_STREAM, STATE_COLLECTION
 from fsq_jax.quantizers.registry import QuantizerConfig
-from fsq_jax.train import optim
+from fsq_jax.train import accumulation, optim
 from fsq_jax.train.checkpoint import restore_latest
 from fsq_jax.train.evaluation import run_sharded
 from fsq_jax.train.frozen import FrozenStage, frozen_from_variables, read_frozen_config
@@ -65,9 +65,16 @@ class TokenizerTaskConfig(LoopConfig):
     loss: losses.LossConfig
     optimizers: TokenizerOptimizers
     evaluators: evaluation.TokenizerEvaluators
+    # Micro-batches per optimiser step (fsq_jax.train.accumulation): the step's gradients are
+    # the mean over `batch_size / grad_accum_steps`-example micro-batches computed in turn, so
+    # the optimiser still sees `batch_size` while activations are a micro-batch's.
+    grad_accum_steps: int
 
     def __post_init__(self):
         super().__post_init__()
+        require(self.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+        require(self.batch_size % self.grad_accum_steps == 0, "grad_accum_steps",
+                f"must divide batch_size ({self.batch_size})")
         factor = tokenizer.downsample_factor(self.model)
         require(self.data.image_size % factor == 0, "data.image_size",
                 f"must be a multiple of the tokenizer's downsampling factor {factor} "
@@ -78,6 +85,10 @@ class TokenizerTaskConfig(LoopConfig):
         require(self.model.project_codes or self.quantizer.dim == self.model.embedding_dim,
                 "model.project_codes", f"False needs the quantizer's code dim "
                 f"({self.quantizer.dim}) to equal model.embedding_dim ({self.model.embedding_dim})")
+
+
+# The metrics `discriminator_objective` returns.
+DISCRIMINATOR_METRICS = ("discriminator_loss", "logits_real", "logits_fake", "r1_penalty", "lecam")
 
 
 def discriminator_objective(discriminate: Callable[[jax.Array], jax.Array], real: jax.Array,
@@ -174,42 +185,67 @@ class TokenizerTask:
         With `loss.adversarial_weight = 0` the discriminator is never evaluated.
         """
         cfg = self.config.loss
-        real = image_lib.to_float(batch["image"])
         adversarial = cfg.adversarial_weight > 0
         active = state.step >= cfg.discriminator_start
         gate = active.astype(jnp.float32)
         d_params = state.params["discriminator"]
         disc = lambda params, x: self.discriminator.apply({"params": params}, x)
+        steps = self.config.get("grad_accum_steps", 1)  # absent from runs saved before it
 
-        def generator_loss(g_params):
-            (recon, out), updated = self.model.apply(
-                self._generator_variables(g_params, state.model_state), real, train=True,
-                mutable=[STATE_COLLECTION], rngs={RNG_STREAM: rng},
-            )
-            rec = losses.reconstruction_loss(real, recon, cfg.reconstruction)
-            total = cfg.reconstruction_weight * rec + cfg.quantizer_weight * out.loss
-            metrics = {"reconstruction_loss": rec, "quantizer_loss": out.loss}
-            if self.perceptual is not None:
-                perc = losses.perceptual_loss(
-                    self.perceptual, state.model_state["perceptual"], real, recon
+        def micro_step(quantizer_state, micro_batch, index):
+            """Gradients and metrics of one micro-batch (the whole batch when steps = 1)."""
+            real = image_lib.to_float(micro_batch["image"])
+            micro_rng = rng if steps == 1 else jax.random.fold_in(rng, index)
+            model_state = dict(state.model_state)
+            if quantizer_state is not None:
+                model_state[STATE_COLLECTION] = quantizer_state
+
+            def generator_loss(g_params):
+                (recon, out), updated = self.model.apply(
+                    self._generator_variables(g_params, model_state), real, train=True,
+                    mutable=[STATE_COLLECTION], rngs={RNG_STREAM: micro_rng},
                 )
-                total = total + cfg.perceptual_weight * perc
-                metrics["perceptual_loss"] = perc
+                rec = losses.reconstruction_loss(real, recon, cfg.reconstruction)
+                total = cfg.reconstruction_weight * rec + cfg.quantizer_weight * out.loss
+                metrics = {"reconstruction_loss": rec, "quantizer_loss": out.loss}
+                if self.perceptual is not None:
+                    perc = losses.perceptual_loss(
+                        self.perceptual, state.model_state["perceptual"], real, recon
+                    )
+                    total = total + cfg.perceptual_weight * perc
+                    metrics["perceptual_loss"] = perc
+                if adversarial:
+                    adv = losses.generator_adversarial_loss(disc(d_params, recon))
+                    total = total + gate * cfg.adversarial_weight * adv
+                    metrics["generator_adversarial_loss"] = adv
+                metrics.update({f"quantizer/{k}": v for k, v in out.metrics.items()})
+                return total, (recon, updated, metrics)
+
+            (g_total, (recon, updated, metrics)), g_grads = jax.value_and_grad(
+                generator_loss, has_aux=True
+            )(state.params["generator"])
+            grads = {"generator": g_grads}
+            metrics = {**metrics, "generator_loss": g_total}
             if adversarial:
-                adv = losses.generator_adversarial_loss(disc(d_params, recon))
-                total = total + gate * cfg.adversarial_weight * adv
-                metrics["generator_adversarial_loss"] = adv
-            metrics.update({f"quantizer/{k}": v for k, v in out.metrics.items()})
-            return total, (recon, updated, metrics)
+                fake = jax.lax.stop_gradient(recon)
 
-        (g_total, (recon, updated, metrics)), g_grads = jax.value_and_grad(
-            generator_loss, has_aux=True
-        )(state.params["generator"])
-        fake = jax.lax.stop_gradient(recon)
+                def d_objective(params):
+                    return discriminator_objective(functools.partial(disc, params), real, fake,
+                                                   cfg, state.model_state.get("lecam"))
 
-        def d_objective(params):
-            return discriminator_objective(functools.partial(disc, params), real, fake, cfg,
-                                           state.model_state.get("lecam"))
+                (_, d_metrics), grads["discriminator"] = jax.value_and_grad(
+                    d_objective, has_aux=True)(d_params)
+                metrics.update(d_metrics)
+            return updated.get(STATE_COLLECTION, quantizer_state), (grads, metrics)
+
+        # `grad_accum_steps` micro-batches in turn (fsq_jax.train.accumulation): the mean of
+        # their gradients is the whole batch's, with one micro-batch's activations at a time.
+        quantizer_state, (grads, metrics) = accumulation.accumulate(
+            micro_step, state.model_state.get(STATE_COLLECTION), batch, steps)
+        updated = {} if quantizer_state is None else {STATE_COLLECTION: quantizer_state}
+        g_grads = grads["generator"]
+        g_total = metrics.pop("generator_loss")
+        d_metrics = {k: metrics.pop(k) for k in list(metrics) if k in DISCRIMINATOR_METRICS}
 
         model_state = dict(state.model_state)
         if STATE_COLLECTION in updated:
@@ -217,9 +253,8 @@ class TokenizerTask:
         g_only = lambda: state.apply_gradients({"generator": g_grads}, model_state=model_state)
         if not adversarial:
             new_state = g_only()
-            d_metrics: dict[str, jax.Array] = {}
         else:
-            (_, d_metrics), d_grads = jax.value_and_grad(d_objective, has_aux=True)(d_params)
+            d_grads = grads["discriminator"]
             if cfg.lecam_weight > 0:
                 decay = jnp.where(active, cfg.lecam_ema_decay, 1.0)
                 ema = state.model_state["lecam"]

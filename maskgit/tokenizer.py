@@ -8,6 +8,7 @@ back) codes to pixels. Which quantizer sits in the middle is purely a config cho
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from fsq_jax import quantizers
 from fsq_jax.config_lib import require
 from fsq_jax.dtypes import DTYPES, DTypeName
 from fsq_jax.quantizers.base import QuantizerOutput
+from maskgit.transformer import REMAT_POLICIES
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": nn.swish,
@@ -55,8 +57,10 @@ class TokenizerModelConfig:
     dtype: DTypeName  # compute dtype; params stay float32
     # What training keeps for the backward pass: "none" every activation; "dots" only the
     # outputs of convolutions and dense layers (GroupNorm, swish, the quantizer recomputed from
-    # them, fused into the backward convolutions). benchmarks/memory.py measures it.
-    remat: Literal["none", "dots"]
+    # them, fused into the backward convolutions); "block" only each encoder / decoder
+    # ResBlock's input (the block's forward pass runs again in the backward pass). The same
+    # parameters and math either way; benchmarks/memory.py measures the memory.
+    remat: Literal["none", "dots", "block"]
 
     def __post_init__(self):
         require(self.filters >= 1, "filters", "must be >= 1")
@@ -110,6 +114,26 @@ def _groups(config: ml_collections.ConfigDict, width: int) -> int:
     return min(config.norm_groups, width)
 
 
+def res_block_class(config: ml_collections.ConfigDict) -> type[nn.Module]:
+    """`ResBlock`, rematerialised when `model.remat = "block"` (only its input kept for the
+    backward pass; the policy table is the MaskGIT transformer's `REMAT_POLICIES`). Callers
+    name the blocks `ResBlock_<i>` so the parameter tree matches the plain `ResBlock`'s."""
+    if config.get("remat", "none") != "block":  # absent from runs saved before the field
+        return ResBlock
+    return nn.remat(ResBlock, policy=REMAT_POLICIES["block"])
+
+
+def _numbered_blocks(config: ml_collections.ConfigDict, act: Callable[[jax.Array], jax.Array],
+                     dtype: Any) -> Callable[[int], nn.Module]:
+    """`filters -> ResBlock` for one parent module, named `ResBlock_0, ResBlock_1, ...` in call
+    order: Flax's own names for unnamed `ResBlock`s, kept when the class is rematerialised (its
+    lifted class would otherwise be named `CheckpointResBlock_<i>`)."""
+    cls = res_block_class(config)
+    count = itertools.count()
+    return lambda filters: cls(filters, _groups(config, filters), act, dtype, config.shortcut,
+                               name=f"ResBlock_{next(count)}")
+
+
 class Encoder(nn.Module):
     """Image to latent grid.
 
@@ -126,17 +150,18 @@ class Encoder(nn.Module):
         x = nn.Conv(config.filters, (3, 3), use_bias=False, dtype=dtype)(x.astype(dtype))
         levels = len(config.channel_multipliers)
         filters = config.filters
+        block = _numbered_blocks(config, act, dtype)
         for level, mult in enumerate(config.channel_multipliers):
             filters = config.filters * mult
             for _ in range(config.num_res_blocks):
-                x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
+                x = block(filters)(x)
             if level < levels - 1:
                 if config.conv_downsample:
                     x = nn.Conv(filters, (4, 4), strides=(2, 2), dtype=dtype)(x)
                 else:
                     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         for _ in range(config.num_res_blocks):
-            x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
+            x = block(filters)(x)
         x = nn.GroupNorm(num_groups=_groups(config, filters), dtype=dtype)(x)
         x = act(x)
         return nn.Conv(config.embedding_dim, (1, 1), dtype=dtype)(x)
@@ -157,12 +182,13 @@ class Decoder(nn.Module):
         act = ACTIVATIONS[config.activation]
         filters = config.filters * config.channel_multipliers[-1]
         x = nn.Conv(filters, (3, 3), dtype=dtype)(x.astype(dtype))
+        block = _numbered_blocks(config, act, dtype)
         for _ in range(config.num_res_blocks):
-            x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
+            x = block(filters)(x)
         for level in reversed(range(len(config.channel_multipliers))):
             filters = config.filters * config.channel_multipliers[level]
             for _ in range(config.num_res_blocks):
-                x = ResBlock(filters, _groups(config, filters), act, dtype, config.shortcut)(x)
+                x = block(filters)(x)
             if level > 0:
                 x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
                 x = nn.Conv(filters, (3, 3), dtype=dtype)(x)
@@ -277,5 +303,6 @@ __all__: Sequence[str] = (
     "build",
     "check_code_dim",
     "downsample_factor",
+    "res_block_class",
     "token_grid",
 )

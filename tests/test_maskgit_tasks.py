@@ -266,3 +266,23 @@ def test_both_stages_on_the_loop_and_sample_cli(tmp_path):
         assert sorted(data.files) == ["arr_0", "arr_1"]
         assert data["arr_0"].shape == (12, 32, 32, 3) and data["arr_0"].dtype == np.uint8
         np.testing.assert_array_equal(data["arr_1"], np.arange(12) % classes)
+
+
+def test_tokenizer_grad_accumulation_takes_the_same_step(stage1):
+    """`grad_accum_steps = 2`: the FSQ tokenizer (no batch statistics: GroupNorm, per-example
+    losses, R1 a mean over examples) takes the step of the whole batch from two micro-batches:
+    the same losses, parameters and LeCam EMAs to float tolerance."""
+    config, task, state = stage1
+    accumulated = config.copy_and_resolve_references()
+    accumulated.grad_accum_steps = 2
+    batch, rng = _batch(1), jax.random.key(1)
+    whole, whole_metrics = jax.jit(task.train_step)(state, batch, rng)
+    micro, micro_metrics = jax.jit(tasks.TokenizerTask(accumulated).train_step)(state, batch, rng)
+    for name in ("reconstruction_loss", "generator_loss", "generator_adversarial_loss",
+                 "discriminator_loss", "r1_penalty", "lecam", "logits_real", "logits_fake"):
+        np.testing.assert_allclose(micro_metrics[name], whole_metrics[name], rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+    lr = config.optimizers.generator.learning_rate
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=0.02 * lr),
+                 (micro.params, micro.model_state), (whole.params, whole.model_state))
+    assert _changed(micro.params, state.params)

@@ -48,6 +48,12 @@ def _paper(config: ml_collections.ConfigDict) -> None:
     config.model.shortcut = "output"
     config.model.project_codes = config.quantizer.name != "vq"  # FSQ's 4 dims need them
     config.model.image_range = "unit"
+    # Memory, not the math (docs/fidelity.md): 64 images per device on 8 x 80 GB need each
+    # ResBlock rematerialised and the step's batch as 2 micro-batches of 32 per device
+    # (benchmarks/memory.py: 112.5 GiB per device planned without either, 50.0 GiB with both;
+    # docs/performance.md). The optimiser's batch stays 512.
+    config.model.remat = "block"
+    config.grad_accum_steps = 2
 
 
 def _official(config: ml_collections.ConfigDict) -> None:
@@ -103,9 +109,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg.quantizer, log2_size=10 if arg.size == "paper" else 8,
         vq={"dim": 256 if arg.size == "paper" else 32, "beta": 0.25, "entropy_weight": 0.1,
             "entropy_temperature": 0.01})
-    # What the tokenizer's training keeps for the backward pass: none | dots
-    # (maskgit/tokenizer.py; benchmarks/memory.py measures it).
+    # What the tokenizer's training keeps for the backward pass: none | dots | block (each
+    # encoder / decoder ResBlock keeps only its input and runs again in the backward pass; the
+    # same parameters and math). maskgit/tokenizer.py; benchmarks/memory.py measures it.
     config.model.remat = "none"
+    # Micro-batches per optimiser step (gradient accumulation; the optimiser's batch stays
+    # batch_size): memory, not the objective (docs/fidelity.md).
+    config.grad_accum_steps = 1
     # StyleGAN2's discriminator as MaskGIT: widths from StyleGAN's table, blur resampling.
     config.discriminator = ml_collections.ConfigDict({
         "channel_multiplier": 1.0, "max_filters": 512, "blur_resample": True,

@@ -20,16 +20,37 @@ from fsq_jax import run_dir
 from fsq_jax.config_lib import ConfigError
 from fsq_jax.train.checkpoint import restore_latest
 
+# Fields added to the code after runs were saved that say how a stage is trained, not what its
+# trained network computes: a run saved before them is read with the value it was trained with.
+TRAINING_ONLY_FIELDS = {"grad_accum_steps": 1}
+
 
 def read_frozen_config(workdir: str, field: str) -> ml_collections.ConfigDict:
-    """The config of the finished run in `workdir`; ConfigError naming `field` otherwise."""
+    """The config of the finished run in `workdir` (with `TRAINING_ONLY_FIELDS` it lacks filled
+    in); ConfigError naming `field` otherwise."""
     if not workdir or not os.path.isdir(workdir):
         raise ConfigError(f"{field} = {workdir!r}: not a directory; train that stage first "
                           "(or point the field at its workdir)")
     try:
-        return run_dir.read_config(workdir)
+        config = run_dir.read_config(workdir)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"{field} = {workdir!r}: {error}") from None
+    task_fields = _task_fields(config)
+    for name, value in TRAINING_ONLY_FIELDS.items():
+        if name not in config and name in task_fields:
+            config[name] = value
+    return config
+
+
+def _task_fields(config: ml_collections.ConfigDict) -> set[str]:
+    """The top-level fields of the schema of `config.task` (empty when it cannot be found)."""
+    from fsq_jax.schema import schema_fields
+    from fsq_jax.train.validate import resolve_task, schema_of
+
+    try:
+        return set(schema_fields(schema_of(resolve_task(config))))
+    except ConfigError:  # an unknown task: the frozen stage's own check reports it
+        return set()
 
 
 @dataclasses.dataclass(frozen=True)
