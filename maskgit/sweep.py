@@ -252,7 +252,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, restart: bool 
         report_path = os.path.join(workdir, "report.md")
         with open(report_path, "w") as f:
             f.write(sweeps.report(rows, config.preset, command, wall["seconds"],
-                                  wall["parallel"]))
+                                  wall["parallel"],
+                                  curves_picture=sweeps.plot_largest_sizes(rows, workdir)))
         log(f"done in {actions.format_duration(time.time() - sweep_started)}: "
             f"{os.path.join(workdir, 'sweep.csv')}, {os.path.join(workdir, 'sweep.png')}, "
             f"{report_path}")

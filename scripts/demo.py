@@ -8,7 +8,7 @@ ours, each stage's time, pictures) and `<workdir>/report.json` (`{"floor_fid", "
 Finished stages are reused on a re-run; `--restart` starts over; `--seeds 3` trains each
 quantizer with three seeds and reports the mean and spread. The runs (one per quantizer and
 seed) train `--jobs` at a time, each in a process of its own, while this process scores the
-real-images floor (`fsq_jax.train.concurrent_runs`: a tiny run keeps about one core busy).
+real-images floor (`fsq_jax.train.concurrent_runs`).
 
     python scripts/demo.py --workdir runs/demo [--restart] [--seeds N] [--jobs N] ...
 """

@@ -28,8 +28,8 @@ _RESTART = flags.DEFINE_bool("restart", False, "Retrain every run instead of reu
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their stage configs' main "
                              "fields, and train nothing.")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at once, each in its own process (0: as "
-                             "many as there are CPU cores; a tiny run keeps about one core busy, "
-                             "so 2 on a 2-core CPU takes ~0.6x the time of 1).", lower_bound=0)
+                             "many as there are CPU cores; a run without the adversarial phase "
+                             "keeps about one core busy).", lower_bound=0)
 _ONLY = flags.DEFINE_string("only", None, "Train and measure only this run (e.g. "
                             "fsq_log2size10) and write no sweep outputs (what each of the --jobs "
                             "processes does).")

@@ -255,18 +255,35 @@ def _trend_rows(vq_fids, fsq_fids, vq_usage, fsq_usage, sizes=(6, 8, 10, 12, 14)
 def test_the_report_checks_figure_3s_findings_on_the_numbers():
     paper_like = _trend_rows(vq_fids=(300, 280, 270, 272, 275), fsq_fids=(300, 270, 250, 240, 230),
                              vq_usage=(1, 1, 0.9, 0.3, 0.05), fsq_usage=(1, 1, 1, 0.98, 0.95))
-    assert [holds for _, holds, _ in sweeps.trends(paper_like)] == [True, True, True]
+    assert [holds for _, holds, _ in sweeps.trends(paper_like)] == [True, True, True, True]
     # FSQ not monotonic, FSQ's usage at 2^14 too low, VQ improving faster than FSQ.
     unlike = _trend_rows(vq_fids=(300, 280, 270, 240, 200), fsq_fids=(300, 270, 250, 260, 240),
                          vq_usage=(1, 1, 0.9, 0.3, 0.05), fsq_usage=(1, 1, 1, 0.98, 0.5))
     checks = sweeps.trends(unlike)
-    assert [holds for _, holds, _ in checks] == [False, False, False]
-    assert "2^14: VQ 5.0%, FSQ 50.0%" in checks[0][2]
-    assert "250.0 (2^10) -> 260.0 (2^12)" in checks[1][2]
-    assert "VQ's FID 270.0 -> 200.0 (-70.0), FSQ's 250.0 -> 240.0 (-10.0)" in checks[2][2]
+    assert [holds for _, holds, _ in checks] == [True, False, False, False]
+    assert checks[0][2] == "2^12: 30.0%, 2^14: 5.0%" and checks[1][2] == "2^12: 98.0%, 2^14: 50.0%"
+    assert "250.0 (2^10) -> 260.0 (2^12)" in checks[2][2]
+    assert "VQ's FID 270.0 -> 200.0 (-70.0), FSQ's 250.0 -> 240.0 (-10.0)" in checks[3][2]
 
     text = sweeps.report(unlike, "small", "python scripts/sweep.py ...", 2712.4, 2)
     assert "![codebook-size study](sweep.png)" in text
     assert "| 14 | 5.0% (819/16384) | 50.0% (8192/16384) | 200.0 | 240.0 |" in text
-    assert text.count("**does not show**") == 3
+    assert text.count("**does not show**") == 3 and text.count("**shows**") == 1
     assert "10 runs in 45 min 12 s wall, 2 at a time" in text
+
+
+def test_the_largest_sizes_training_curves_are_drawn_from_their_metrics(tmp_path):
+    rows = _trend_rows(vq_fids=(1,) * 5, fsq_fids=(1,) * 5, vq_usage=(1,) * 5, fsq_usage=(1,) * 5)
+    assert sweeps.plot_largest_sizes(rows, str(tmp_path)) is None  # no metrics.csv anywhere
+    for row in rows:
+        run = tmp_path / f"{row['quantizer']}{row['log2_size']}" / "tokenizer"
+        run.mkdir(parents=True)
+        row["tokenizer_dir"] = str(run)
+        (run / "metrics.csv").write_text(
+            "step,train/quantizer/perplexity,train/reconstruction_loss,train/other\n"
+            f"250,{row['log2_size'] * 10},0.04,1\n500,{row['log2_size'] * 12},0.02,2\n")
+    assert sweeps.plot_largest_sizes(rows, str(tmp_path)) == sweeps.CURVES_FILE
+    image = np.asarray(Image.open(tmp_path / sweeps.CURVES_FILE))
+    assert image.shape[1] > image.shape[0] and image.std() > 10  # two panels side by side
+    text = sweeps.report(rows, "small", "cmd", 60.0, 2, curves_picture=sweeps.CURVES_FILE)
+    assert f"![largest codebooks over training]({sweeps.CURVES_FILE})" in text

@@ -160,21 +160,22 @@ def _series(rows: Sequence[Mapping[str, Any]], quantizer: str, column: str
 def trends(rows: Sequence[Mapping[str, Any]], large: int = 10) -> list[tuple[str, bool, str]]:
     """Figure 3's qualitative findings, each checked on the rows: (finding, holds, evidence).
 
-    1. VQ's usage collapses above 2^`large` while FSQ's stays near 100%: at every size above
-       2^`large`, VQ uses under half its codes and FSQ at least 90% of its own.
+    1. VQ's usage collapses above 2^`large` (under half its codes used at every size above), and
+       FSQ's stays near 100% there (at least 90%).
     2. FSQ's reconstruction FID improves monotonically with the codebook size.
     3. VQ's reconstruction FID flattens or worsens at the large sizes: from 2^`large` to the
        largest size it improves by less than FSQ's does (or gets worse).
     """
     out = []
     vq_usage, fsq_usage = (dict(_series(rows, q, "usage")) for q in ("vq", "fsq"))
-    above = sorted(x for x in set(vq_usage) & set(fsq_usage) if x > large)
-    if above:
-        holds = all(vq_usage[x] < 0.5 and fsq_usage[x] >= 0.9 for x in above)
-        evidence = ", ".join(f"2^{x}: VQ {vq_usage[x]:.1%}, FSQ {fsq_usage[x]:.1%}"
-                             for x in above)
-        out.append((f"VQ's codebook usage collapses above 2^{large} while FSQ's stays near "
-                     "100% (VQ < 50%, FSQ >= 90%)", holds, evidence))
+    for name, usage, holds_at, rule in (
+            ("VQ", vq_usage, lambda u: u < 0.5, "collapses (under 50% of its codes used)"),
+            ("FSQ", fsq_usage, lambda u: u >= 0.9, "stays near 100% (at least 90% used)")):
+        above = sorted(x for x in usage if x > large)
+        if above:
+            out.append((f"{name}'s codebook usage {rule} at every size above 2^{large}",
+                        all(holds_at(usage[x]) for x in above),
+                        ", ".join(f"2^{x}: {usage[x]:.1%}" for x in above)))
     fsq_fid = _series(rows, "fsq", "recon_fid")
     if len(fsq_fid) > 1:
         holds = all(b < a for (_, a), (_, b) in itertools.pairwise(fsq_fid))
@@ -209,10 +210,43 @@ def _cell(row: Mapping[str, Any] | None, column: str) -> str:
     return f"{value:.1f}"
 
 
+# Stage-I training curves drawn for the largest sizes: do they still move when training ends?
+CURVE_METRICS = ("train/quantizer/perplexity", "train/quantizer/codebook_usage_batch",
+                 "train/reconstruction_loss")
+CURVES_FILE = "largest_sizes_curves.png"
+
+
+def plot_largest_sizes(rows: Sequence[Mapping[str, Any]], workdir: str, count: int = 2
+                       ) -> str | None:
+    """`<workdir>/largest_sizes_curves.png`: the tokenizer's batch perplexity, batch usage and
+    reconstruction loss against steps for every run at the `count` largest sizes (None when
+    none of them has a metrics.csv): whether a finding missing at the end of training is
+    still on its way."""
+    from fsq_jax.reporting import curves
+
+    sizes = sorted({int(r["log2_size"]) for r in rows})[-count:]
+    runs = {}
+    for row in sorted(rows, key=lambda r: (int(r["log2_size"]), r["quantizer"])):
+        path = os.path.join(str(row.get("tokenizer_dir", "")), "metrics.csv")
+        if int(row["log2_size"]) in sizes and os.path.isfile(path):
+            metrics = curves.read_metrics(path)
+            name = QUANTIZER_STYLES.get(row["quantizer"], (row["quantizer"],))[0]
+            label = f"{name} 2^{row['log2_size']}"
+            runs[label] = {k: v for k, v in metrics.items() if k in CURVE_METRICS}
+    runs = {label: metrics for label, metrics in runs.items() if metrics}
+    if not runs:
+        return None
+    curves.plot_group(runs, os.path.join(workdir, CURVES_FILE),
+                      title="Stage I over training, largest codebooks")
+    return CURVES_FILE
+
+
 def report(rows: Sequence[Mapping[str, Any]], preset: str, command: str,
-           wall_seconds: float, parallel: int, picture: str = "sweep.png") -> str:
+           wall_seconds: float, parallel: int, picture: str = "sweep.png",
+           curves_picture: str | None = None) -> str:
     """The study as markdown: the four panels, one table row per size, Figure 3's findings
-    checked on these numbers (`trends`), and the time it took."""
+    checked on these numbers (`trends`), the largest sizes' training curves and the time it
+    took."""
     by_key = {(r["quantizer"], int(r["log2_size"])): r for r in rows}
     sizes = sorted({int(r["log2_size"]) for r in rows})
     columns = (("usage", "usage"), ("recon_fid", "recon FID"), ("sampling_fid", "sampling FID"),
@@ -231,6 +265,11 @@ def report(rows: Sequence[Mapping[str, Any]], preset: str, command: str,
               "codebook size).", "", "### Figure 3's findings at this scale", ""]
     for finding, holds, evidence in trends(rows):
         lines.append(f"* **{'shows' if holds else 'does not show'}**: {finding} — {evidence}")
+    if curves_picture:
+        lines += ["", "Stage I of the largest codebooks over training (batch perplexity and "
+                  "usage over 1,024 tokens, reconstruction loss): still rising or falling at "
+                  "the last step means the finding is not settled at this budget.", "",
+                  f"![largest codebooks over training]({curves_picture})"]
     minutes, seconds = divmod(round(wall_seconds), 60)
     lines += ["", f"{len(rows)} runs in {minutes} min {seconds} s wall, {parallel} at a time "
               "(exact figures vary between machines).", ""]
