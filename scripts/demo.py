@@ -161,7 +161,11 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     if _RUN.value is not None:  # one of the --jobs processes
-        train_run(*parse_run(_RUN.value), restart=_RESTART.value)
+        try:
+            name, seed = parse_run(_RUN.value)
+        except ValueError as error:
+            sys.exit(f"flag error: {error}")
+        train_run(name, seed, restart=_RESTART.value)
         return
     demo_started = started = time.time()
     ensure_inception_weights()
