@@ -165,7 +165,12 @@ def main(argv: list[str]) -> None:
             name, seed = parse_run(_RUN.value)
         except ValueError as error:
             sys.exit(f"flag error: {error}")
-        train_run(name, seed, restart=_RESTART.value)
+        from maskgit import pipeline
+
+        try:
+            train_run(name, seed, restart=_RESTART.value)
+        except pipeline.StagePreemptedError as stopped:
+            sys.exit(f"stopped on request: {stopped}")
         return
     demo_started = started = time.time()
     ensure_inception_weights()
