@@ -41,6 +41,13 @@ def read_json(path: str) -> Any:
         return None
 
 
+def results_written_since(workdir: str, since: float) -> bool:
+    """Whether the run in `workdir` wrote its results at or after `since` (seconds since the
+    epoch): a study that started then trained it, rather than reusing it."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    return os.path.isfile(path) and os.path.getmtime(path) >= since
+
+
 def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config as a run stores it in `config.json` (tuples become lists)."""
     return json.loads(config.to_json_best_effort())

@@ -265,9 +265,8 @@ def _wall_time(workdir: str, rows: list[dict[str, Any]], started: float, paralle
     """{"seconds", "parallel"} of the invocation that last trained runs of this sweep: this one
     if it wrote any run's results (then kept in `timing.json`), else the one kept there."""
     path = os.path.join(workdir, TIMING_FILE)
-    results = [os.path.join(row[key], "results.json") for row in rows
-               for key in ("tokenizer_dir", "transformer_dir")]
-    if any(os.path.isfile(p) and os.path.getmtime(p) >= started for p in results):
+    if any(run_dir.results_written_since(row[key], started) for row in rows
+           for key in ("tokenizer_dir", "transformer_dir")):
         timing = {"seconds": time.time() - started, "parallel": parallel}
         run_dir.write_json(path, timing)
         return timing

@@ -154,7 +154,7 @@ def parse_run(value: str) -> tuple[str, int]:
 
 def main(argv: list[str]) -> None:
     cli.start(argv)
-    from fsq_jax import quantizers
+    from fsq_jax import quantizers, run_dir
     from fsq_jax.reporting import demo
     from fsq_jax.train import concurrent_runs
 
@@ -209,7 +209,7 @@ def main(argv: list[str]) -> None:
     headline["wall_seconds"] = round(time.time() - demo_started, 1)
     headline["parallel_runs"] = parallel
     headline["runs_trained"] = sum(  # by this invocation (the rest were reused)
-        os.path.getmtime(os.path.join(run.transformer.workdir, "results.json")) >= demo_started
+        run_dir.results_written_since(run.transformer.workdir, demo_started)
         for seeds in runs_by_seed.values() for run in seeds)
     headline["runs"] = len(runs)
     report = demo.render(first_seed, pictures, extra, codebook_sizes=sizes, baseline=baseline,

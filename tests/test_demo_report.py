@@ -230,3 +230,15 @@ def test_the_demo_trains_both_quantizers_side_by_side_and_writes_its_report(tmp_
     again = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("reusing") >= 4  # both stages of both quantizers
+
+
+def test_results_written_since_tells_a_trained_run_from_a_reused_one(tmp_path):
+    import time
+
+    from fsq_jax import run_dir
+
+    assert not run_dir.results_written_since(str(tmp_path), 0.0)  # no results at all
+    (tmp_path / run_dir.RESULTS_FILE).write_text("{}")
+    written = os.path.getmtime(tmp_path / run_dir.RESULTS_FILE)
+    assert run_dir.results_written_since(str(tmp_path), written)
+    assert not run_dir.results_written_since(str(tmp_path), time.time() + 60)
