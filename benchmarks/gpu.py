@@ -39,8 +39,11 @@ _OUT = flags.DEFINE_string("out", "", "Write the report as JSON here too.")
 _ONLY = flags.DEFINE_list("only", [], "Measure only these: transformer, tokenizer, uvim.")
 _UVIM_PER_DEVICE = flags.DEFINE_integer("uvim_per_device_batch", 4,
                                         "UViM images per device (big_vision: 4).")
-_TOKENIZER_PER_DEVICE = flags.DEFINE_integer("tokenizer_per_device_batch", 32,
-                                             "Tokenizer images per device.")
+_TOKENIZER_PER_DEVICE = flags.DEFINE_integer("tokenizer_per_device_batch", 64,
+                                             "Tokenizer images per device (paper: 64).")
+_PROFILE_BELOW = flags.DEFINE_float(
+    "profile_below", 0.4, "Trace a step and list its top operations when its MFU is below "
+    "this (0: never).")
 
 
 def peak_flops() -> float:
@@ -74,20 +77,27 @@ class Report:
 
 
 def _measure(report: Report, name: str, task: Any, batch: Any, batch_size: int) -> None:
-    from benchmarks import timing
+    from benchmarks import profile_ops, timing
 
     if report.over_budget(name):
         return
     try:
-        rate, flops, compile_s = timing.train_rate(task, batch, _STEPS.value, _WARMUP.value)
+        step = timing.compile_train_step(task, batch)
+        rate = 1.0 / timing.seconds_per_call(step.run, _STEPS.value, _WARMUP.value)
     except Exception as error:  # a kernel this backend lacks, out of memory: report, go on
         report.add(name, {"error": f"{type(error).__name__}: {str(error)[:300]}"})
         return
     value = {"batch": batch_size, "steps_per_s": rate, "examples_per_s": rate * batch_size,
-             "compile_s": compile_s}
-    if flops:
-        value.update(xla_flops_per_step=flops, mfu=flops * rate / peak_flops())
+             "compile_s": step.compile_seconds, "memory": step.memory}
+    if step.flops:
+        value.update(xla_flops_per_step=step.flops, mfu=step.flops * rate / peak_flops())
     report.add(name, value)
+    if value.get("mfu", 0.0) < _PROFILE_BELOW.value:  # where does the time go?
+        try:
+            value["profile"] = profile_ops.trace_top_ops(step.run)
+        except Exception as error:  # a profiler this backend lacks: the timing stands
+            value["profile"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+        report.add(name, value)
 
 
 def _synthetic(shapes: dict[str, tuple[tuple[int, ...], Any, int]]) -> dict[str, jax.Array]:

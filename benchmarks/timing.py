@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -27,9 +27,17 @@ def emit(report: dict[str, Any], name: str) -> None:
     print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
 
 
-def train_rate(task: Any, batch: Any, steps: int, warmup: int
-               ) -> tuple[float, float | None, float]:
-    """(steps/s, XLA-counted FLOPs per step or None, compile seconds) of a task's train step.
+class CompiledStep(NamedTuple):
+    """A task's train step compiled once, with what XLA says it costs."""
+
+    run: Callable[[], Any]  # one step on the held state (donated and replaced each call)
+    flops: float | None  # XLA-counted FLOPs per step (recomputation included)
+    compile_seconds: float
+    memory: dict[str, float]  # XLA's memory analysis of the step, GiB
+
+
+def compile_train_step(task: Any, batch: Any) -> CompiledStep:
+    """Initialises a task's state and compiles its train step on `batch`.
 
     `task` has the loop's interface: `init_state(rng, batch)` and
     `train_step(state, batch, rng) -> (state, metrics)`.
@@ -39,17 +47,38 @@ def train_rate(task: Any, batch: Any, steps: int, warmup: int
     start = time.perf_counter()
     compiled = step.lower(state, batch, jax.random.key(1)).compile()
     compile_seconds = time.perf_counter() - start
-    try:
-        analysis = compiled.cost_analysis()
-        analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
-        flops = float(analysis.get("flops", 0.0)) or None
-    except Exception:  # cost analysis is best effort on some backends
-        flops = None
     holder = {"state": state}
 
     def run():
         holder["state"], metrics = compiled(holder["state"], batch, jax.random.key(1))
         return metrics
 
-    seconds = seconds_per_call(run, steps, warmup)
-    return 1.0 / seconds, flops, compile_seconds
+    return CompiledStep(run, _flops(compiled), compile_seconds, _memory_gib(compiled))
+
+
+def _flops(compiled: Any) -> float | None:
+    try:
+        analysis = compiled.cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+        return float(analysis.get("flops", 0.0)) or None
+    except Exception:  # cost analysis is best effort on some backends
+        return None
+
+
+def _memory_gib(compiled: Any) -> dict[str, float]:
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # best effort, as the cost analysis
+        return {}
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    return {name.replace("_size_in_bytes", "_gib"): getattr(analysis, name) / 2**30
+            for name in fields if hasattr(analysis, name)}
+
+
+def train_rate(task: Any, batch: Any, steps: int, warmup: int
+               ) -> tuple[float, float | None, float]:
+    """(steps/s, XLA-counted FLOPs per step or None, compile seconds) of a task's train step."""
+    step = compile_train_step(task, batch)
+    seconds = seconds_per_call(step.run, steps, warmup)
+    return 1.0 / seconds, step.flops, step.compile_seconds
