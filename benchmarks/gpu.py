@@ -41,6 +41,10 @@ _UVIM_PER_DEVICE = flags.DEFINE_integer("uvim_per_device_batch", 4,
                                         "UViM images per device (big_vision: 4).")
 _TOKENIZER_PER_DEVICE = flags.DEFINE_integer("tokenizer_per_device_batch", 64,
                                              "Tokenizer images per device (paper: 64).")
+_VARIANTS = flags.DEFINE_multi_string(
+    "variant", [], "A transformer variant as model overrides, e.g. "
+    "attention=cudnn,attention_dropout=0.0,dropout_rng=rbg (repeat the flag for several; "
+    "default: XLA and cuDNN attention, each with threefry and rbg dropout).")
 _PROFILE_BELOW = flags.DEFINE_float(
     "profile_below", 0.4, "Trace a step and list its top operations when its MFU is below "
     "this (0: never).")
@@ -68,9 +72,23 @@ class Report:
         self.add(name, {"skipped": f"time budget of {_BUDGET.value:.0f} s spent"})
         return True
 
+    def log(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.0f} s] {text}", flush=True)
+
     def add(self, name: str, value: dict[str, Any]) -> None:
         self.values[name] = value
-        print(f"{name}: {json.dumps(value)}", flush=True)
+        shown = {k: v for k, v in value.items() if k != "profile"}
+        self.log(f"{name}: {json.dumps(shown)}")
+        profile = value.get("profile")
+        if profile and "top" in profile:
+            top = "; ".join(f"{op['name'][:60]} {op['ms_per_step']:.1f} ms"
+                            for op in profile["top"][:6])
+            self.log(f"{name} profile: device busy {profile['busy_ms_per_step']:.1f} of "
+                     f"{profile['wall_ms_per_step']:.1f} ms/step, "
+                     f"{profile.get('kernels_per_step', 0):.0f} launches/step "
+                     f"({profile.get('launch_api_ms_per_step', 0):.1f} ms); top: {top}")
+        elif profile:
+            self.log(f"{name} profile: {json.dumps(profile)}")
         if _OUT.value:
             with open(_OUT.value, "w") as f:
                 json.dump(self.values, f, indent=2)
@@ -98,6 +116,28 @@ def _measure(report: Report, name: str, task: Any, batch: Any, batch_size: int) 
         except Exception as error:  # a profiler this backend lacks: the timing stands
             value["profile"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
         report.add(name, value)
+
+
+def _default_variants() -> list[dict[str, Any]]:
+    variants: list[dict[str, Any]] = [{}, {"dropout_rng": "rbg"}]
+    if jax.default_backend() == "gpu":  # cudnn has no attention-weight dropout
+        variants += [{"attention": "cudnn", "attention_dropout": 0.0},
+                     {"attention": "cudnn", "attention_dropout": 0.0, "dropout_rng": "rbg"}]
+    return variants
+
+
+def _parse_variant(text: str) -> dict[str, Any]:
+    """"attention=cudnn,attention_dropout=0" -> {"attention": "cudnn", "attention_dropout": 0.0}."""
+    variant: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--variant: {item!r} is not model_field=value")
+        try:
+            variant[name] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            variant[name] = value
+    return variant
 
 
 def _synthetic(shapes: dict[str, tuple[tuple[int, ...], Any, int]]) -> dict[str, jax.Array]:
@@ -136,11 +176,9 @@ def measure_maskgit(report: Report, size: str) -> None:
     frozen = frozen_from_variables(config1, "generator",
                                    {"params": state.eval_params()["generator"]})
     del state
+    report.log("tokenizer initialised")
     if not _ONLY.value or "transformer" in _ONLY.value:
-        variants = [{}, {"dropout_rng": "rbg"}]
-        if jax.default_backend() == "gpu":  # cudnn has no attention-weight dropout
-            variants += [{"attention": "cudnn", "attention_dropout": 0.0},
-                         {"attention": "cudnn", "attention_dropout": 0.0, "dropout_rng": "rbg"}]
+        variants = [_parse_variant(v) for v in _VARIANTS.value] or _default_variants()
         for overrides in variants:
             config = config2.copy_and_resolve_references()
             config.model.update(overrides)

@@ -25,7 +25,8 @@ def trace_top_ops(run: Callable[[], Any], steps: int = 3, count: int = 12) -> di
     """Traces `steps` calls of `run` (one warm call first) and summarises the device's time.
 
     Returns {"source", "steps", "wall_ms_per_step", "busy_ms_per_step", "busy_fraction",
-    "top": [{"name", "ms_per_step", "share"}...]}; `share` is of the busy time.
+    "top": [{"name", "ms_per_step", "share"}...], "kernels_per_step",
+    "launch_api_ms_per_step"}; `share` is of the busy time.
     """
     jax.block_until_ready(run())
     with tempfile.TemporaryDirectory() as directory:
@@ -40,7 +41,26 @@ def trace_top_ops(run: Callable[[], Any], steps: int = 3, count: int = 12) -> di
             raise RuntimeError(f"the profiler wrote no trace under {directory}")
         profile = jax.profiler.ProfileData.from_file(paths[0])
         totals, source = operation_times(profile)
-    return summarise(totals, source, steps, wall, count)
+        launches = launch_calls(profile)
+    summary = summarise(totals, source, steps, wall, count)
+    summary.update(kernels_per_step=launches[0] / steps,
+                   launch_api_ms_per_step=launches[1] / 1e6 / steps)
+    return summary
+
+
+def launch_calls(profile: Any) -> tuple[int, float]:
+    """(number, total ns) of the host's kernel-launch API calls (CUDA's cuLaunchKernel and
+    kin, as the profiler records them): many short kernels make a step launch-bound."""
+    number, total = 0, 0.0
+    for plane in profile.planes:
+        if plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                if "LaunchKernel" in event.name:
+                    number += 1
+                    total += event.duration_ns
+    return number, total
 
 
 def operation_times(profile: Any) -> tuple[dict[str, float], str]:

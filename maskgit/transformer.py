@@ -106,6 +106,10 @@ def vocab_size(codebook_size: int, num_classes: int) -> int:
     return codebook_size + 1 + num_classes
 
 
+# cuDNN's fused attention kernels work on sequence tiles; a multiple of 16 is accepted in training.
+CUDNN_SEQUENCE_MULTIPLE = 16
+
+
 def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, dropout_rate: float = 0.0,
               dropout_rng: jax.Array | None = None, implementation: str | None = None
               ) -> jax.Array:
@@ -116,6 +120,8 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, dropout_rat
     batch and every head, kept weights scaled by 1 / (1 - rate); the softmax runs in float32.
     Without dropout, `jax.nn.dot_product_attention` with `implementation` (None: XLA).
     """
+    if dropout_rate <= 0 and implementation == "cudnn":
+        return padded_attention(query, key, value, implementation=implementation)
     if dropout_rate <= 0:
         return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
     if implementation is not None:
@@ -125,6 +131,28 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, dropout_rat
                                    dropout_rate=dropout_rate, broadcast_dropout=True,
                                    deterministic=False, force_fp32_for_softmax=True)
     return out.astype(value.dtype)
+
+
+def padded_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                     implementation: str | None, multiple: int = CUDNN_SEQUENCE_MULTIPLE
+                     ) -> jax.Array:
+    """`jax.nn.dot_product_attention` over a sequence padded to a multiple of `multiple`, the
+    padding masked out of the keys and cut from the output.
+
+    cuDNN's fused attention refuses odd training lengths, and MaskGIT's sequence is 257 (256
+    codes + the class token); the padded positions get no attention weight, so the result is
+    the unpadded one.
+    """
+    length = query.shape[1]
+    padded = -(-length // multiple) * multiple
+    if padded == length:
+        return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+    widths = [(0, 0), (0, padded - length), (0, 0), (0, 0)]
+    query, key, value = (jnp.pad(x, widths) for x in (query, key, value))
+    lengths = jnp.full((query.shape[0],), length, jnp.int32)
+    out = jax.nn.dot_product_attention(query, key, value, implementation=implementation,
+                                       query_seq_lengths=lengths, key_value_seq_lengths=lengths)
+    return out[:, :length]
 
 
 class SelfAttention(nn.Module):

@@ -285,3 +285,21 @@ def test_lpips_vgg_from_user_weights(tmp_path):
     loss = jax.jit(lambda a, b: losses.perceptual_loss(network, params, a, b))
     assert float(loss(images, images)) < 1e-9
     assert float(loss(images, -images)) > 1e-3
+
+
+@pytest.mark.parametrize("length", [257, 16, 5])
+def test_padded_attention_equals_unpadded(length):
+    """The cuDNN path pads MaskGIT's 257-long sequence to a multiple of 16 and masks the pad:
+    the result must be the unpadded attention (checked with XLA's implementation here)."""
+    keys = jax.random.split(jax.random.key(length), 3)
+    query, key, value = (jax.random.normal(k, (2, length, 4, 8)) for k in keys)
+    expected = jax.nn.dot_product_attention(query, key, value)
+    got = transformer.padded_attention(query, key, value, implementation=None)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # The pad really is masked: an unmasked pad of zero keys would change every row.
+    padded = -(-length // 16) * 16
+    if padded != length:
+        widths = [(0, 0), (0, padded - length), (0, 0), (0, 0)]
+        unmasked = jax.nn.dot_product_attention(*(jnp.pad(x, widths) for x in (query, key, value)))
+        assert not np.allclose(unmasked[:, :length], expected, atol=1e-3)

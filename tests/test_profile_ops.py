@@ -56,3 +56,13 @@ def test_a_real_trace_names_the_step_operations():
     assert 0 < len(summary["top"]) <= 4
     assert summary["busy_ms_per_step"] > 0
     assert all(op["ms_per_step"] > 0 for op in summary["top"])
+
+
+def test_launch_calls_count_the_host_launch_api_only():
+    profile = SimpleNamespace(planes=[
+        SimpleNamespace(name="/host:CUPTI", lines=[_line("thread 1", [
+            _event("cuLaunchKernelEx", 0, 10), _event("cuLaunchKernel", 20, 5),
+            _event("cuMemcpyAsync", 30, 7)])]),
+        SimpleNamespace(name="/device:GPU:0", lines=[
+            _line("Stream #1", [_event("cuLaunchKernel_lookalike_kernel", 0, 100)])])])
+    assert profile_ops.launch_calls(profile) == (2, 15)
