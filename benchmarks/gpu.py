@@ -3,8 +3,10 @@
 Times, each printed as it finishes (so a run cut short still reports): the MaskGIT transformer
 step at the paper size on cached tokens under each kernel variant (attention xla / cudnn, dropout
 threefry / rbg), the tokenizer step, and UViM stage I and stage II at the paper's per-device batch
-(4 images, big_vision's 1024 on 256 cores). MFU = XLA-counted FLOPs per step x steps/s / the
-device's dense bf16 peak. A time budget skips what would not finish.
+(4 images, big_vision's 1024 on 256 cores). MFU = XLA-counted FLOPs per step (the program as
+traced; benchmarks/timing.py says why) x steps/s / the device's dense bf16 peak. A step under
+--profile_below is traced and summarised to its top device operations. A time budget skips what
+would not finish.
 
     python benchmarks/gpu.py --out results.json            # on one GPU (H100 / H200)
     python benchmarks/gpu.py --tiny --budget_s 600         # the same code on the tiny presets
