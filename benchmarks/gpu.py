@@ -78,9 +78,12 @@ class Report:
         print(f"[{time.monotonic() - self.started:5.0f} s] {text}", flush=True)
 
     def add(self, name: str, value: dict[str, Any]) -> None:
+        """Records a measurement (its line printed, the JSON rewritten); adding it again
+        with a "profile" prints only the profile's line."""
+        first = name not in self.values
         self.values[name] = value
-        shown = {k: v for k, v in value.items() if k != "profile"}
-        self.log(f"{name}: {json.dumps(shown)}")
+        if first:
+            self.log(f"{name}: {json.dumps({k: v for k, v in value.items() if k != 'profile'})}")
         profile = value.get("profile")
         if profile and "top" in profile:
             top = "; ".join(f"{op['name'][:60]} {op['ms_per_step']:.1f} ms"
@@ -129,7 +132,8 @@ def _default_variants() -> list[dict[str, Any]]:
 
 
 def _parse_variant(text: str) -> dict[str, Any]:
-    """"attention=cudnn,attention_dropout=0" -> {"attention": "cudnn", "attention_dropout": 0.0}."""
+    """Model overrides from "field=value,...": "attention=cudnn,attention_dropout=0.0" ->
+    {"attention": "cudnn", "attention_dropout": 0.0} (numbers parsed, the rest strings)."""
     variant: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         name, sep, value = item.partition("=")
