@@ -99,7 +99,10 @@ class Report:
                 json.dump(self.values, f, indent=2)
 
 
-def _measure(report: Report, name: str, task: Any, batch: Any, batch_size: int) -> None:
+def _measure(report: Report, name: str, task: Any, batch: Any, batch_size: int,
+             model_flops: float | None = None) -> None:
+    """Times a task's train step. MFU counts `model_flops` per step where given (the model's
+    own FLOPs, as benchmarks/maskgit.py), else XLA's count of the traced program."""
     from benchmarks import profile_ops, timing
 
     if report.over_budget(name):
@@ -113,7 +116,11 @@ def _measure(report: Report, name: str, task: Any, batch: Any, batch_size: int) 
     value = {"batch": batch_size, "steps_per_s": rate, "examples_per_s": rate * batch_size,
              "compile_s": step.compile_seconds, "memory": step.memory}
     if step.flops:
-        value.update(xla_flops_per_step=step.flops, mfu=step.flops * rate / peak_flops())
+        value.update(xla_flops_per_step=step.flops, mfu_xla_flops=step.flops * rate / peak_flops())
+    if model_flops or step.flops:
+        value["mfu"] = (model_flops or step.flops) * rate / peak_flops()
+    if model_flops:
+        value["model_flops_per_step"] = model_flops
     report.add(name, value)
     if value.get("mfu", 0.0) < _PROFILE_BELOW.value:  # where does the time go?
         try:
@@ -162,6 +169,7 @@ def measure_maskgit(report: Report, size: str) -> None:
     """The transformer step on cached tokens (every kernel variant) and the tokenizer step."""
     import numpy as np
 
+    from benchmarks import timing
     from fsq_jax import config_lib
     from fsq_jax.train import frozen_from_variables
     from maskgit import tasks
@@ -195,7 +203,8 @@ def measure_maskgit(report: Report, size: str) -> None:
                 "tokens": ((config.batch_size, task.seq_len), np.int32, task.codebook_size),
                 "label": ((config.batch_size,), np.int32, task.num_classes)})
             label = ",".join(f"{k}={v}" for k, v in overrides.items()) or "xla,threefry"
-            _measure(report, f"transformer[{label}]", task, tokens, config.batch_size)
+            _measure(report, f"transformer[{label}]", task, tokens, config.batch_size,
+                     timing.transformer_train_flops(task, config.batch_size))
     if not _ONLY.value or "tokenizer" in _ONLY.value:
         adversarial = config1.copy_and_resolve_references()
         adversarial.loss.discriminator_start = 0

@@ -71,15 +71,6 @@ def _literal(text: str) -> Any:
         return text
 
 
-def transformer_train_flops(task: Any, batch_size: int) -> float:
-    """Model FLOPs of one stage-II step: 3x the transformer's forward (forward + backward) plus
-    the frozen tokenizer's encoder forward is not counted (it is not trained)."""
-    from maskgit import transformer
-
-    per_token = transformer.flops_per_token(task.config.model, task.codebook_size, task.seq_len)
-    return 3.0 * per_token * (task.seq_len + 1) * batch_size
-
-
 _PAPER = flags.DEFINE_bool("paper", False, "Paper preset, bf16 compute.")
 _QUANTIZER = flags.DEFINE_string("quantizer", "fsq", "Quantizer preset (a registered name).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement.")
@@ -161,7 +152,7 @@ def _measure_transformer(report: dict[str, Any], config2: Any, frozen: Any, batc
             report[name] = {"error": f"{type(error).__name__}: {str(error)[:500]}"}
             timing.emit(report, name)
             continue
-        model_flops = transformer_train_flops(task, batch_size)
+        model_flops = timing.transformer_train_flops(task, batch_size)
         report[name] = {"batch": batch_size, "input": source, "model": dict(config.model),
                         "steps_per_s": rate, "tokens_per_s": rate * batch_size * task.seq_len,
                         "model_flops_per_step": model_flops,

@@ -81,6 +81,15 @@ def _memory_gib(compiled: Any) -> dict[str, float]:
             for name in fields if hasattr(analysis, name)}
 
 
+def transformer_train_flops(task: Any, batch_size: int) -> float:
+    """Model FLOPs of one MaskGIT stage-II step: 3x the transformer's forward (forward +
+    backward); the frozen tokenizer's encoder forward is not counted (it is not trained)."""
+    from maskgit import transformer
+
+    per_token = transformer.flops_per_token(task.config.model, task.codebook_size, task.seq_len)
+    return 3.0 * per_token * (task.seq_len + 1) * batch_size
+
+
 def train_rate(task: Any, batch: Any, steps: int, warmup: int
                ) -> tuple[float, float | None, float]:
     """(steps/s, XLA-counted FLOPs per step or None, compile seconds) of a task's train step."""
