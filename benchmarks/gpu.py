@@ -3,8 +3,9 @@
 Times, each printed as it finishes (so a run cut short still reports): the MaskGIT transformer
 step at the paper size on cached tokens under each kernel variant (attention xla / cudnn, dropout
 threefry / rbg), the tokenizer step, and UViM stage I and stage II at the paper's per-device batch
-(4 images, big_vision's 1024 on 256 cores). MFU = XLA-counted FLOPs per step (the program as
-traced; benchmarks/timing.py says why) x steps/s / the device's dense bf16 peak. A step under
+(4 images, big_vision's 1024 on 256 cores). MFU = FLOPs per step x steps/s / the device's dense
+bf16 peak, with the transformer's model FLOPs (as benchmarks/maskgit.py counts them) and, for the
+other steps, XLA's count of the program as traced (benchmarks/timing.py says why). A step under
 --profile_below is traced and summarised to its top device operations. A time budget skips what
 would not finish.
 
@@ -146,11 +147,17 @@ def _parse_variant(text: str) -> dict[str, Any]:
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--variant: {item!r} is not model_field=value")
-        try:
-            variant[name] = float(value) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            variant[name] = value
+        variant[name] = _number_or_text(value)
     return variant
+
+
+def _number_or_text(value: str) -> int | float | str:
+    for parse in (int, float):
+        try:
+            return parse(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _synthetic(shapes: dict[str, tuple[tuple[int, ...], Any, int]]) -> dict[str, jax.Array]:
